@@ -1,0 +1,78 @@
+"""The on-disk format: one directory per step, shard files and a JSON manifest.
+
+A step directory is ``step_<number>``; its number is parsed, never sorted as text.
+The step is committed once ``manifest.json`` exists in it: shards are written and
+fsynced first, then the manifest is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import xxhash
+
+from strategies.errors import CorruptCheckpointError
+
+FORMAT_NAME = "flashbench-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def parse_step(name: str) -> int | None:
+    """Return the step number of a step directory name, or None for other names."""
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def checksum(data) -> str:
+    return "xxh3_64:" + xxhash.xxh3_64_hexdigest(data)
+
+
+def encode_manifest(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=1, sort_keys=True).encode()
+
+
+def decode_manifest(data: bytes, where: str) -> dict:
+    """Parse and validate a manifest; raise ``CorruptCheckpointError`` naming ``where``."""
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptCheckpointError(
+            f"manifest {where} is not valid JSON ({error}): the checkpoint is corrupt; "
+            "restore an older step or delete this step directory"
+        ) from error
+    _validate_manifest(manifest, where)
+    return manifest
+
+
+def _validate_manifest(manifest, where: str) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CorruptCheckpointError(f"manifest {where} is not a {FORMAT_NAME} manifest: restore another step")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"manifest {where} has format version {manifest.get('version')!r}, "
+            f"this library reads version {FORMAT_VERSION}: upgrade strategies or restore another step"
+        )
+    missing = [key for key in ("step", "tree", "arrays", "shards", "codec", "metadata") if key not in manifest]
+    if missing:
+        raise CorruptCheckpointError(f"manifest {where} lacks {', '.join(missing)}: restore another step")
+    for name, entry in manifest["arrays"].items():
+        _validate_array_entry(name, entry, manifest["shards"], where)
+
+
+def _validate_array_entry(name: str, entry, shards: dict, where: str) -> None:
+    keys = ("dtype", "shape", "shard", "offset", "length", "raw_length", "checksum", "raw_checksum", "kind")
+    if not isinstance(entry, dict) or any(key not in entry for key in keys):
+        raise CorruptCheckpointError(f"manifest {where}: entry of array {name!r} is incomplete")
+    if entry["shard"] not in shards:
+        raise CorruptCheckpointError(f"manifest {where}: array {name!r} names unknown shard {entry['shard']!r}")
+    numbers = (entry["offset"], entry["length"], entry["raw_length"])
+    if not all(isinstance(n, int) and n >= 0 for n in numbers):
+        raise CorruptCheckpointError(f"manifest {where}: array {name!r} has invalid offset or length")

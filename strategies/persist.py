@@ -1,0 +1,169 @@
+"""Writing one step to storage and reading it back, with verification."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+
+import xxhash
+
+from strategies import format as fmt
+from strategies.codecs import Codec, codec_for_manifest
+from strategies.errors import CheckpointError, CorruptCheckpointError
+from strategies.layout import Layout
+from strategies.records import LoadRecord, SaveRecord
+from strategies.storage import Storage
+from strategies.tree import HostArray, from_bytes, to_target, unflatten
+
+logger = logging.getLogger(__name__)
+
+
+def write_step(
+    storage: Storage,
+    step: int,
+    structure,
+    leaves: list[HostArray],
+    metadata: dict,
+    codec: Codec,
+    layout: Layout,
+    record: SaveRecord,
+) -> None:
+    """Write the shards of ``step``, then commit its manifest atomically."""
+    directory = fmt.step_dir(step)
+    _prepare_step_dir(storage, directory, step)
+
+    arrays: dict[str, dict] = {}
+    shards: dict[str, dict] = {}
+    started = time.perf_counter()
+    for shard_name, shard_leaves in layout.plan(leaves).items():
+        shards[shard_name] = _write_shard(storage, f"{directory}/{shard_name}", shard_leaves, codec, arrays, record)
+    record.write_s = time.perf_counter() - started - record.encode_s
+
+    started = time.perf_counter()
+    manifest = {
+        "format": fmt.FORMAT_NAME,
+        "version": fmt.FORMAT_VERSION,
+        "step": step,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "codec": codec.params(),
+        "layout": layout.name,
+        "tree": structure,
+        "arrays": arrays,
+        "shards": shards,
+        "metadata": metadata,
+    }
+    storage.write_atomic(f"{directory}/{fmt.MANIFEST}", fmt.encode_manifest(manifest))
+    record.commit_s = time.perf_counter() - started
+    record.bytes_stored = sum(shard["length"] for shard in shards.values())
+
+
+def _prepare_step_dir(storage: Storage, directory: str, step: int) -> None:
+    if storage.exists(f"{directory}/{fmt.MANIFEST}"):
+        raise CheckpointError(
+            f"step {step} is already committed in {storage.root}/{directory}: committed steps are never "
+            "overwritten; save under a new step number or use a new directory"
+        )
+    if storage.exists(directory):
+        logger.warning("removing uncommitted leftovers of step %d in %s/%s", step, storage.root, directory)
+        storage.remove_tree(directory)
+    storage.makedirs(directory)
+
+
+def _write_shard(storage, path, leaves, codec, arrays, record) -> dict:
+    hasher = xxhash.xxh3_64()
+    offset = 0
+
+    def chunks():
+        nonlocal offset
+        for leaf in leaves:
+            started = time.perf_counter()
+            raw = leaf.buffer()
+            encoded = codec.encode(raw)
+            record.encode_s += time.perf_counter() - started
+            hasher.update(encoded)
+            arrays[leaf.name] = {
+                "dtype": leaf.dtype,
+                "shape": list(leaf.shape),
+                "kind": leaf.kind,
+                "shard": path.rsplit("/", 1)[-1],
+                "offset": offset,
+                "length": len(encoded),
+                "raw_length": len(raw),
+                "checksum": fmt.checksum(encoded),
+                "raw_checksum": fmt.checksum(raw),
+            }
+            offset += len(encoded)
+            yield encoded
+
+    length = storage.write_file(path, chunks())
+    return {"length": length, "checksum": "xxh3_64:" + hasher.hexdigest()}
+
+
+def read_manifest(storage: Storage, step: int) -> dict:
+    path = f"{fmt.step_dir(step)}/{fmt.MANIFEST}"
+    try:
+        data = storage.read_file(path)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"manifest {storage.root}/{path} is missing") from None
+    manifest = fmt.decode_manifest(data, f"{storage.root}/{path}")
+    if manifest["step"] != step:
+        raise CorruptCheckpointError(
+            f"manifest {storage.root}/{path} records step {manifest['step']!r} inside the directory of step {step}"
+        )
+    return manifest
+
+
+def read_step(storage: Storage, step: int, target: str, record: LoadRecord):
+    """Read, verify and decode ``step``; return (state, metadata)."""
+    manifest = read_manifest(storage, step)
+    codec = codec_for_manifest(manifest["codec"])
+    shards = {name: _read_shard(storage, step, name, entry, record) for name, entry in manifest["shards"].items()}
+
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        arrays[name] = _decode_array(name, entry, shards[entry["shard"]], codec, target, record, step)
+        record.bytes_state += entry["raw_length"]
+    record.bytes_stored = sum(entry["length"] for entry in manifest["shards"].values())
+    return unflatten(manifest["tree"], arrays), manifest["metadata"]
+
+
+def _read_shard(storage, step, name, entry, record) -> memoryview:
+    path = f"{fmt.step_dir(step)}/{name}"
+    started = time.perf_counter()
+    try:
+        data = storage.read_file(path)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"shard {storage.root}/{path} of step {step} is missing") from None
+    record.read_s += time.perf_counter() - started
+
+    started = time.perf_counter()
+    if len(data) != entry.get("length"):
+        raise CorruptCheckpointError(
+            f"shard {storage.root}/{path} of step {step} has {len(data)} bytes, the manifest expects {entry.get('length')}"
+        )
+    found = fmt.checksum(data)
+    if found != entry.get("checksum"):
+        raise CorruptCheckpointError(
+            f"shard {storage.root}/{path} of step {step} failed its checksum: expected {entry.get('checksum')}, found {found}"
+        )
+    record.verify_s += time.perf_counter() - started
+    return memoryview(data)
+
+
+def _decode_array(name, entry, shard: memoryview, codec, target, record, step):
+    stored = shard[entry["offset"] : entry["offset"] + entry["length"]]
+    if len(stored) != entry["length"]:
+        raise CorruptCheckpointError(f"array {name!r} of step {step} runs past the end of shard {entry['shard']}")
+
+    started = time.perf_counter()
+    raw = codec.decode(stored, entry["raw_length"])
+    found = fmt.checksum(raw)
+    if found != entry["raw_checksum"]:
+        raise CorruptCheckpointError(
+            f"array {name!r} of step {step} decoded to wrong bytes: expected {entry['raw_checksum']}, found {found}"
+        )
+    array = from_bytes(raw, entry["dtype"], tuple(entry["shape"]), name)
+    result = to_target(array, entry["dtype"], entry["kind"], target, name)
+    record.decode_s += time.perf_counter() - started
+    return result
