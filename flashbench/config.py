@@ -1,0 +1,94 @@
+"""The experiment configuration, validated from the composed Hydra config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from strategies import CheckpointOptions, ConfigError
+
+from flashbench.supervisor import FaultSpec
+from flashbench.workload.model import ModelConfig
+
+WORKLOAD_KEYS = (
+    "name", "d_model", "n_layers", "n_heads", "context", "dropout",
+    "batch_size", "learning_rate", "weight_decay", "corpus_bytes", "compile",
+)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """A validated experiment: strategies to run, training length, fault and cluster preset."""
+
+    strategies: list[str]
+    seed: int
+    steps: int
+    interval: int
+    checkpoint: dict  # CheckpointOptions settings shared by every strategy
+    checkpoint_dir: str | None
+    workload: dict
+    fault: FaultSpec
+    cluster: dict
+    blas: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.strategies:
+            raise ConfigError("strategy.names is empty: name at least one strategy, e.g. strategy=sync_zstd")
+        for name in self.strategies:
+            CheckpointOptions.from_name(name, **self.checkpoint)
+        if self.steps < 1:
+            raise ConfigError(f"invalid train.steps {self.steps}: expected 1 or more")
+        if self.interval < 1:
+            raise ConfigError(f"invalid train.interval {self.interval}: expected a positive number of steps between checkpoints")
+        if self.fault.kind != "none" and self.fault.at_step >= self.steps:
+            raise ConfigError(
+                f"invalid fault.at_step {self.fault.at_step}: it must be below train.steps ({self.steps}) for the fault to happen"
+            )
+        self._check_workload()
+
+    def _check_workload(self) -> None:
+        missing = [key for key in WORKLOAD_KEYS if key not in self.workload]
+        if missing:
+            raise ConfigError(f"workload lacks {', '.join(missing)}: start from conf/workload/small.yaml")
+        try:
+            ModelConfig(**{k: self.workload[k] for k in ("d_model", "n_layers", "n_heads", "context", "dropout")})
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        for key in ("batch_size", "corpus_bytes"):
+            if int(self.workload[key]) < 1:
+                raise ConfigError(f"invalid workload.{key} {self.workload[key]}: expected a positive integer")
+        if float(self.workload["learning_rate"]) <= 0:
+            raise ConfigError(f"invalid workload.learning_rate {self.workload['learning_rate']}: expected a positive number")
+
+    @classmethod
+    def from_mapping(cls, cfg: dict) -> "ExperimentConfig":
+        """Build from the composed config as plain containers (``OmegaConf.to_container``)."""
+        try:
+            checkpoint = dict(cfg["checkpoint"])
+            fault = cfg["fault"]
+            return cls(
+                strategies=list(cfg["strategy"]["names"]),
+                seed=int(cfg["seed"]),
+                steps=int(cfg["train"]["steps"]),
+                interval=int(cfg["train"]["interval"]),
+                checkpoint_dir=checkpoint.pop("dir", None),
+                checkpoint=checkpoint,
+                workload=dict(cfg["workload"]),
+                fault=_fault(fault),
+                cluster=dict(cfg["cluster"]),
+                blas=bool(cfg.get("blas", True)),
+            )
+        except KeyError as error:
+            raise ConfigError(f"the config lacks the key {error}: compare it with conf/config.yaml") from None
+        except (TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"invalid config value: {error}") from None
+
+
+def _fault(fault: dict) -> FaultSpec:
+    try:
+        return FaultSpec(
+            kind=str(fault["kind"]), at_step=int(fault.get("at_step", 0)), max_restarts=int(fault.get("max_restarts", 3))
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,224 @@
+"""One training process: train the workload, checkpoint it, resume it after a crash.
+
+The supervisor starts ``python -m flashbench.train SPEC.json`` and reads one JSON event
+per line from its stdout: ``ready`` (model built), ``restored`` (a checkpoint loaded),
+``step`` (a step finished; this is also the heartbeat), ``save`` (a save committed),
+``load`` (the final timed restore), ``done`` (digest of the final state) and ``error``.
+On start it resumes from the newest committed checkpoint in its directory, if any.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from functools import partial
+
+import xxhash
+
+from strategies import CheckpointError, CheckpointOptions, Checkpointer
+from strategies.tree import flatten
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """Everything one training process needs; written as JSON by the supervisor."""
+
+    workload: dict
+    seed: int
+    steps: int
+    interval: int = 0  # steps between checkpoints; 0 disables checkpointing
+    strategy: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint: dict = dataclasses.field(default_factory=dict)  # CheckpointOptions settings
+    measure_load: bool = True
+
+    @classmethod
+    def from_file(cls, path: str) -> "TrainSpec":
+        with open(path) as handle:
+            return cls(**json.load(handle))
+
+
+def emit(event: str, **fields) -> None:
+    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+
+
+def state_digest(state) -> str:
+    """Hash the exact bytes, dtypes and shapes of every array in ``state``."""
+    hasher = xxhash.xxh3_128()
+    # Sorted by name: a restored dict may list its keys in another order.
+    for leaf in sorted(flatten(state, copy=False)[1], key=lambda leaf: leaf.name):
+        hasher.update(f"{leaf.name}:{leaf.dtype}:{leaf.shape};".encode())
+        hasher.update(leaf.buffer())
+    return hasher.hexdigest()
+
+
+class Trainer:
+    """The model, optimizer, RNG and data of one run, with a compiled train step."""
+
+    def __init__(self, spec: TrainSpec) -> None:
+        import mlx.core as mx
+        import mlx.optimizers as optim
+
+        from flashbench.workload.data import stdlib_corpus
+        from flashbench.workload.model import ByteTransformer, ModelConfig, parameter_count
+
+        work = spec.workload
+        self.spec = spec
+        self.config = ModelConfig(**{k: work[k] for k in ("d_model", "n_layers", "n_heads", "context", "dropout")})
+        self.corpus = stdlib_corpus(int(work["corpus_bytes"]))
+        mx.random.seed(spec.seed)
+        self.model = ByteTransformer(self.config)
+        self.optimizer = optim.AdamW(learning_rate=float(work["learning_rate"]), weight_decay=float(work["weight_decay"]))
+        self.optimizer.init(self.model.trainable_parameters())
+        self.parameters = parameter_count(self.model)
+        self.step = 0
+
+    def state(self) -> dict:
+        import mlx.core as mx
+
+        return {"model": self.model.parameters(), "optimizer": self.optimizer.state, "rng": mx.random.state[0]}
+
+    def metadata(self) -> dict:
+        return {
+            "step": self.step,
+            "data": {"seed": self.spec.seed, "next_step": self.step + 1},
+            "corpus_sha256": self.corpus.sha256,
+            "workload": self.spec.workload,
+        }
+
+    def load(self, state: dict, metadata: dict, step: int) -> None:
+        """Put restored state in place; this runs before the step function is compiled."""
+        import mlx.core as mx
+
+        self._check_compatible(metadata)
+        self.model.update(state["model"])
+        self.optimizer.state = state["optimizer"]
+        self.optimizer.init(self.model.trainable_parameters())  # marks the restored state initialized
+        # mx.random.state holds its key array by reference: assign into that array.
+        mx.random.state[0][...] = state["rng"]
+        mx.eval(self.model.parameters(), self.optimizer.state, mx.random.state[0])
+        self.step = step
+
+    def _check_compatible(self, metadata: dict) -> None:
+        if metadata.get("corpus_sha256") != self.corpus.sha256 or metadata.get("data", {}).get("seed") != self.spec.seed:
+            raise CheckpointError(
+                "the checkpoint comes from another run (corpus or seed differ): "
+                "point checkpoint.dir at this run's directory or an empty one"
+            )
+        if metadata.get("workload") != self.spec.workload:
+            raise CheckpointError(
+                f"the checkpoint was made with workload {metadata.get('workload')}, this run uses {self.spec.workload}: "
+                "use the same workload settings or an empty checkpoint directory"
+            )
+
+    def compile(self) -> None:
+        import mlx.core as mx
+        import mlx.nn as nn
+
+        from flashbench.workload.model import loss_fn
+
+        model, optimizer = self.model, self.optimizer
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+        def train_step(inputs, targets):
+            loss, grads = loss_and_grad(model, inputs, targets)
+            optimizer.update(model, grads)
+            return loss
+
+        captured = [model.state, optimizer.state, mx.random.state]
+        self._train_step = partial(mx.compile, inputs=captured, outputs=captured)(train_step) if self.spec.workload.get(
+            "compile", True
+        ) else train_step
+
+    def train_one(self) -> float:
+        import mlx.core as mx
+
+        step = self.step + 1
+        work = self.spec.workload
+        inputs, targets = self.corpus.batch(self.spec.seed, step, int(work["batch_size"]), self.config.context)
+        loss = self._train_step(mx.array(inputs), mx.array(targets))
+        mx.eval(loss, self.model.parameters(), self.optimizer.state, mx.random.state[0])
+        self.step = step
+        return loss.item()
+
+
+def run(spec: TrainSpec) -> None:
+    trainer = Trainer(spec)
+    checkpointer = _open_checkpointer(spec)
+    emit("ready", parameters=trainer.parameters, state_bytes=_state_bytes(trainer.state()))
+
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        restored = checkpointer.restore(target="mlx")
+        trainer.load(restored.state, restored.metadata, restored.step)
+        emit("restored", step=restored.step, record=restored.record.as_row())
+    trainer.compile()
+
+    pending = []
+    while trainer.step < spec.steps:
+        in_flight = any(not handle.done() for handle in pending)
+        started = time.perf_counter()
+        loss = trainer.train_one()
+        step_s = time.perf_counter() - started
+        stall_s = 0.0
+        if checkpointer is not None and trainer.step % spec.interval == 0:
+            pending.append(checkpointer.save(trainer.state(), trainer.step, trainer.metadata()))
+            stall_s = pending[-1].record.stall_s
+        pending = _emit_committed(pending)
+        emit("step", step=trainer.step, loss=loss, step_s=step_s, stall_s=stall_s, in_flight=in_flight)
+
+    _finish(spec, trainer, checkpointer, pending)
+
+
+def _finish(spec: TrainSpec, trainer: Trainer, checkpointer, pending) -> None:
+    if checkpointer is not None:
+        checkpointer.wait()
+        _emit_committed(pending)
+        if spec.measure_load and checkpointer.latest_step() is not None:
+            restored = checkpointer.restore(target="mlx")
+            emit("load", step=restored.step, record=restored.record.as_row())
+        checkpointer.close()
+    emit("done", step=trainer.step, digest=state_digest(trainer.state()))
+
+
+def _emit_committed(pending):
+    remaining = []
+    for handle in pending:
+        if handle.done():
+            emit("save", step=handle.step, record=handle.wait().as_row())
+        else:
+            remaining.append(handle)
+    return remaining
+
+
+def _open_checkpointer(spec: TrainSpec) -> Checkpointer | None:
+    if not spec.strategy or not spec.interval:
+        return None
+    options = CheckpointOptions.from_name(spec.strategy, **spec.checkpoint)
+    return Checkpointer(spec.checkpoint_dir, options)
+
+
+def _state_bytes(state) -> int:
+    return sum(leaf.nbytes for leaf in flatten(state, copy=False)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m flashbench.train SPEC.json", file=sys.stderr)
+        return 2
+    try:
+        run(TrainSpec.from_file(argv[0]))
+    except (CheckpointError, ValueError, OSError) as error:
+        emit("error", message=str(error), kind=type(error).__name__)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

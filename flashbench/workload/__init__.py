@@ -1,0 +1,1 @@
+"""The training workload: a byte-level decoder-only transformer on real text."""
