@@ -42,10 +42,14 @@ class Checkpointer:
         self,
         directory: str | os.PathLike | Storage,
         options: CheckpointOptions | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.options = options or CheckpointOptions()
         self.storage = directory if hasattr(directory, "write_atomic") else LocalStorage(directory)
-        self.storage.check_writable()
+        self.read_only = read_only
+        if not read_only:
+            self.storage.check_writable()
         self._codec = make_codec(self.options.codec, level=self.options.zstd_level, threads=self.options.zstd_threads)
         self._layout = make_layout(self.options.layout)
         self._writer = AsyncWriter(self.options.max_in_flight) if self.options.writer == Writer.ASYNC else SyncWriter()
@@ -55,6 +59,8 @@ class Checkpointer:
     def save(self, state, step: int, metadata: dict | None = None) -> SaveHandle:
         """Checkpoint ``state`` as ``step``; block until durable (sync) or snapshotted (async)."""
         self._check_open()
+        if self.read_only:
+            raise CheckpointError(f"this Checkpointer of {self.storage.root} is read-only: open it with read_only=False to save")
         self._writer.raise_pending()
         step = _check_step(step)
         metadata = _check_metadata(metadata)
