@@ -64,6 +64,11 @@ class Checkpointer:
         self._writer.raise_pending()
         step = _check_step(step)
         metadata = _check_metadata(metadata)
+        if step in self._committed():
+            raise CheckpointError(
+                f"step {step} is already committed in {self.storage.root}: committed steps are never overwritten; "
+                "save under a new step number or use a new directory"
+            )
 
         started = time.perf_counter()
         record = SaveRecord(step=step, strategy=self.options.name)
@@ -107,12 +112,21 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Return the committed steps in ascending numeric order."""
-        steps = []
+        return sorted(self._committed())
+
+    def _committed(self) -> dict[int, str]:
+        """Map each committed step to its directory name (``step_10`` and ``step_00000010`` both parse)."""
+        return {step: name for step, name in self._step_dirs().items() if self.storage.exists(f"{name}/{fmt.MANIFEST}")}
+
+    def _step_dirs(self) -> dict[int, str]:
+        found: dict[int, str] = {}
         for name in self.storage.list_dir():
             step = fmt.parse_step(name)
-            if step is not None and self.storage.exists(f"{name}/{fmt.MANIFEST}"):
-                steps.append(step)
-        return sorted(steps)
+            if step is None:
+                continue
+            if step not in found or name == fmt.step_dir(step):
+                found[step] = name
+        return found
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -150,40 +164,51 @@ class Checkpointer:
         )
 
     def _restore_step(self, step: int, target: str) -> Restored:
-        if not self.storage.exists(f"{fmt.step_dir(step)}/{fmt.MANIFEST}"):
+        committed = self._committed()
+        if step not in committed:
             raise NoCheckpointError(
-                f"step {step} is not a committed checkpoint in {self.storage.root}: committed steps are {self.steps()}"
+                f"step {step} is not a committed checkpoint in {self.storage.root}: committed steps are {sorted(committed)}"
             )
         record = LoadRecord(step=step, strategy=self.options.name)
         started = time.perf_counter()
-        state, metadata = persist.read_step(self.storage, step, target, record)
+        state, metadata = persist.read_step(self.storage, step, committed[step], target, record)
         record.load_s = time.perf_counter() - started
         self.records.append(record)
         logger.info("restored step %d from %s in %.3f s", step, self.storage.root, record.load_s)
         return Restored(step, state, metadata, record)
 
     def _apply_retention(self, newest: int) -> None:
+        """Remove uncommitted leftovers older than ``newest`` and, with keep_last, old committed steps.
+
+        This runs on the writer after a commit, when no other save is writing.
+        """
+        committed = self._committed()
+        for step, name in self._step_dirs().items():
+            if step < newest and step not in committed:
+                logger.info("removing uncommitted leftovers of step %d in %s", step, self.storage.root)
+                self.storage.remove_tree(name)
+
         keep_last = self.options.keep_last
         if keep_last is None:
             return
-        steps = self.steps()
+        steps = sorted(committed)
         keep = set(steps[-keep_last:])
-        keep.add(self._newest_verified(steps))
+        keep.add(self._newest_verified(committed))
         for step in steps:
             if step not in keep and step < newest:
                 logger.info("retention: removing step %d (keep_last=%d)", step, keep_last)
-                self.storage.remove_tree(fmt.step_dir(step))
+                self.storage.remove_tree(committed[step])
 
-    def _newest_verified(self, steps: list[int]) -> int:
+    def _newest_verified(self, committed: dict[int, str]) -> int:
         # A manifest that parses is the cheap check; a full read of every shard would
         # cost as much as a restore on each save.
-        for step in reversed(steps):
+        for step in sorted(committed, reverse=True):
             try:
-                persist.read_manifest(self.storage, step)
+                persist.read_manifest(self.storage, step, committed[step])
                 return step
             except CorruptCheckpointError:
                 continue
-        return steps[-1]
+        return max(committed)
 
     def close(self) -> None:
         """Finish every pending save and raise a background failure, if any."""
@@ -212,10 +237,10 @@ def _check_step(step) -> int:
 
 def _check_metadata(metadata) -> dict:
     metadata = {} if metadata is None else metadata
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"metadata is not JSON-serializable ({error}): pass plain numbers, strings, lists and dicts") from error
     if not isinstance(metadata, dict):
         raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
-    return metadata
+    try:
+        # The round trip is also the snapshot: later changes by the caller cannot reach an async save.
+        return json.loads(json.dumps(metadata, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"metadata is not JSON-serializable ({error}): pass plain numbers, strings, lists and dicts") from error

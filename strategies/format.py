@@ -18,7 +18,7 @@ FORMAT_NAME = "flashbench-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_DIR = re.compile(r"step_([0-9]+)")
 
 
 def step_dir(step: int) -> str:
@@ -27,7 +27,7 @@ def step_dir(step: int) -> str:
 
 def parse_step(name: str) -> int | None:
     """Return the step number of a step directory name, or None for other names."""
-    match = _STEP_DIR.match(name)
+    match = _STEP_DIR.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -36,7 +36,8 @@ def checksum(data) -> str:
 
 
 def encode_manifest(manifest: dict) -> bytes:
-    return json.dumps(manifest, indent=1, sort_keys=True).encode()
+    # Insertion order is kept: the tree's dict order is part of the state's structure.
+    return json.dumps(manifest, indent=1).encode()
 
 
 def decode_manifest(data: bytes, where: str) -> dict:
@@ -63,6 +64,14 @@ def _validate_manifest(manifest, where: str) -> None:
     missing = [key for key in ("step", "tree", "arrays", "shards", "codec", "metadata") if key not in manifest]
     if missing:
         raise CorruptCheckpointError(f"manifest {where} lacks {', '.join(missing)}: restore another step")
+    for key, kind in (("arrays", dict), ("shards", dict), ("metadata", dict), ("codec", dict)):
+        if not isinstance(manifest[key], kind):
+            raise CorruptCheckpointError(f"manifest {where}: {key} is a {type(manifest[key]).__name__}, expected an object")
+    if not isinstance(manifest["step"], int):
+        raise CorruptCheckpointError(f"manifest {where}: step {manifest['step']!r} is not an integer")
+    for name, entry in manifest["shards"].items():
+        if not isinstance(entry, dict):
+            raise CorruptCheckpointError(f"manifest {where}: entry of shard {name!r} is not an object")
     for name, entry in manifest["arrays"].items():
         _validate_array_entry(name, entry, manifest["shards"], where)
 

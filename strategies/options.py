@@ -25,6 +25,12 @@ class Layout(str, enum.Enum):
 CODECS = ("raw", "zstd")
 
 
+def _integer(field: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"invalid {field} {value!r}: expected an integer")
+    return value
+
+
 def _choice(enum_type: type[enum.Enum], field: str, value) -> enum.Enum:
     try:
         return enum_type(value)
@@ -50,6 +56,10 @@ class CheckpointOptions:
     name: str = ""
 
     def __post_init__(self) -> None:
+        for field in ("zstd_level", "zstd_threads", "max_in_flight"):
+            setattr(self, field, _integer(field, getattr(self, field)))
+        if self.keep_last is not None:
+            self.keep_last = _integer("keep_last", self.keep_last)
         self.writer = _choice(Writer, "writer", self.writer)
         self.layout = _choice(Layout, "layout", self.layout)
         if self.codec not in CODECS:

@@ -10,7 +10,7 @@ import xxhash
 
 from strategies import format as fmt
 from strategies.codecs import Codec, codec_for_manifest
-from strategies.errors import CheckpointError, CorruptCheckpointError
+from strategies.errors import CheckpointError, CorruptCheckpointError, StorageError
 from strategies.layout import Layout
 from strategies.records import LoadRecord, SaveRecord
 from strategies.storage import Storage
@@ -31,6 +31,17 @@ def write_step(
 ) -> None:
     """Write the shards of ``step``, then commit its manifest atomically."""
     directory = fmt.step_dir(step)
+    try:
+        _write_and_commit(storage, directory, step, structure, leaves, metadata, codec, layout, record)
+    except OSError as error:
+        raise StorageError(
+            error.errno,
+            f"writing step {step} to {storage.root}/{directory} failed: {error}; the step is not committed and "
+            "older checkpoints are untouched; free space or fix the storage, then save again",
+        ) from error
+
+
+def _write_and_commit(storage, directory, step, structure, leaves, metadata, codec, layout, record) -> None:
     _prepare_step_dir(storage, directory, step)
 
     arrays: dict[str, dict] = {}
@@ -100,8 +111,8 @@ def _write_shard(storage, path, leaves, codec, arrays, record) -> dict:
     return {"length": length, "checksum": "xxh3_64:" + hasher.hexdigest()}
 
 
-def read_manifest(storage: Storage, step: int) -> dict:
-    path = f"{fmt.step_dir(step)}/{fmt.MANIFEST}"
+def read_manifest(storage: Storage, step: int, directory: str | None = None) -> dict:
+    path = f"{directory or fmt.step_dir(step)}/{fmt.MANIFEST}"
     try:
         data = storage.read_file(path)
     except FileNotFoundError:
@@ -114,11 +125,13 @@ def read_manifest(storage: Storage, step: int) -> dict:
     return manifest
 
 
-def read_step(storage: Storage, step: int, target: str, record: LoadRecord):
-    """Read, verify and decode ``step``; return (state, metadata)."""
-    manifest = read_manifest(storage, step)
+def read_step(storage: Storage, step: int, directory: str, target: str, record: LoadRecord):
+    """Read, verify and decode ``step`` from ``directory``; return (state, metadata)."""
+    manifest = read_manifest(storage, step, directory)
     codec = codec_for_manifest(manifest["codec"])
-    shards = {name: _read_shard(storage, step, name, entry, record) for name, entry in manifest["shards"].items()}
+    shards = {
+        name: _read_shard(storage, step, f"{directory}/{name}", entry, record) for name, entry in manifest["shards"].items()
+    }
 
     arrays = {}
     for name, entry in manifest["arrays"].items():
@@ -128,8 +141,7 @@ def read_step(storage: Storage, step: int, target: str, record: LoadRecord):
     return unflatten(manifest["tree"], arrays), manifest["metadata"]
 
 
-def _read_shard(storage, step, name, entry, record) -> memoryview:
-    path = f"{fmt.step_dir(step)}/{name}"
+def _read_shard(storage, step, path, entry, record) -> memoryview:
     started = time.perf_counter()
     try:
         data = storage.read_file(path)

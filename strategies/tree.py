@@ -47,6 +47,10 @@ def flatten(state, *, copy: bool) -> tuple[object, list[HostArray]]:
     """
     leaves: list[HostArray] = []
     structure = _flatten(state, (), leaves, copy)
+    names = [leaf.name for leaf in leaves]
+    if len(set(names)) != len(names):
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        raise ConfigError(f"state paths {duplicates} name more than one array: rename the keys so every path is unique")
     return structure, leaves
 
 
@@ -56,7 +60,7 @@ def _flatten(node, path: tuple[str, ...], leaves: list[HostArray], copy: bool):
     if isinstance(node, (list, tuple)):
         items = [_flatten(item, path + (str(i),), leaves, copy) for i, item in enumerate(node)]
         return {_LIST if isinstance(node, list) else _TUPLE: items}
-    name = "/".join(path) or "root"
+    name = "/".join(path)
     leaves.append(to_host(node, name, copy=copy))
     return {_ARRAY: name}
 
@@ -86,8 +90,11 @@ def to_host(value, name: str, *, copy: bool) -> HostArray:
 
 
 def _numpy_to_host(value: np.ndarray, name: str, copy: bool) -> HostArray:
-    if value.dtype.hasobject or value.dtype.fields is not None:
-        raise ConfigError(f"state leaf {name!r} has dtype {value.dtype}: object and structured arrays cannot be saved")
+    if value.dtype.kind in "OUSV":
+        raise ConfigError(
+            f"state leaf {name!r} has dtype {value.dtype}: object, text, bytes and structured arrays cannot be saved; "
+            "store numbers, or put text into metadata"
+        )
     data = value.astype(value.dtype.newbyteorder("="), copy=False)
     data = np.array(data, order="C", copy=True) if copy else np.ascontiguousarray(data)
     return HostArray(name, data.dtype.name, tuple(value.shape), "numpy", data)
@@ -140,10 +147,13 @@ def to_target(array: np.ndarray, dtype: str, kind: str, target: str, name: str):
         return np.array(array)
     import mlx.core as mx
 
-    result = mx.array(array)
     if dtype == "bfloat16":
-        result = result.view(mx.bfloat16)
-    return result
+        return mx.array(array).view(mx.bfloat16)
+    mlx_dtype = getattr(mx, "bool_" if dtype == "bool" else dtype, None)
+    if not isinstance(mlx_dtype, mx.Dtype):
+        raise ConfigError(f"array {name!r} has dtype {dtype}, which MLX cannot hold: restore with target='numpy'")
+    # mx.array would turn float64 into float32 without the explicit dtype.
+    return mx.array(array, dtype=mlx_dtype)
 
 
 def unflatten(structure, arrays: dict[str, object]):

@@ -3,7 +3,7 @@
 The async writer bounds staging memory: at most ``max_in_flight`` snapshots exist at
 once, and a new save waits for a slot instead of stacking copies. The persist phase
 runs on a named, non-daemon thread, so the interpreter finishes pending saves before
-it exits. A failure is stored and raised once on the next ``save``, ``wait`` or ``close``.
+it exits. Failures are stored and raised once, together, on the next ``save``, ``wait`` or ``close``.
 """
 
 from __future__ import annotations
@@ -76,8 +76,7 @@ class AsyncWriter:
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._error_step: int | None = None
+        self._errors: list[tuple[int, BaseException]] = []
         self._idle = threading.Condition(self._lock)
         self._pending = 0
 
@@ -115,20 +114,20 @@ class AsyncWriter:
             error = caught
             logger.error("async save of step %d failed: %s", handle.step, caught)
         with self._lock:
-            if error is not None and self._error is None:
-                self._error, self._error_step = error, handle.step
+            if error is not None:
+                self._errors.append((handle.step, error))
             self._pending -= 1
             self._idle.notify_all()
         handle._finish(error)
         self._slots.release()
 
     def raise_pending(self) -> None:
-        """Raise the first background failure not yet reported, once."""
+        """Raise the background failures not yet reported, once, naming every failed step."""
         with self._lock:
-            error, step = self._error, self._error_step
-            self._error = self._error_step = None
-        if error is not None:
-            raise BackgroundSaveError(f"async save of step {step} failed: {error}") from error
+            errors, self._errors = self._errors, []
+        if errors:
+            steps = ", ".join(str(step) for step, _ in errors)
+            raise BackgroundSaveError(f"async save of step {steps} failed: {errors[0][1]}") from errors[0][1]
 
     def wait_all(self) -> None:
         with self._lock:

@@ -142,10 +142,6 @@ def test_latest_step_unpadded_names(tmp_path):
     assert checkpointer.latest_step() == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Checkpointer.steps accepts step_10 but _restore_step looks only in fmt.step_dir(10) == step_00000010",
-)
 def test_restore_unpadded_names(tmp_path):
     directory = tmp_path / "ckpt"
     save_steps(directory, [9, 10])
@@ -156,11 +152,6 @@ def test_restore_unpadded_names(tmp_path):
     assert restored.step == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retention lists step_9 through steps() but removes fmt.step_dir(9) == step_00000009, "
-    "so shutil.rmtree raises FileNotFoundError",
-)
 def test_retention_unpadded_names(tmp_path):
     directory = tmp_path / "ckpt"
     save_steps(directory, [9, 10])

@@ -142,12 +142,6 @@ def test_empty_manifest_falls_back(saved):
     assert_step_1(checkpointer.restore())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="format._validate_manifest and persist.read_step call .items() on manifest['arrays'] and "
-    "manifest['shards'] without checking that they are dicts, so valid JSON of the wrong shape "
-    "raises AttributeError instead of CorruptCheckpointError",
-)
 @pytest.mark.parametrize(
     "changes",
     [{"arrays": []}, {"arrays": {}, "shards": []}],

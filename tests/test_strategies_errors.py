@@ -65,12 +65,6 @@ def test_invalid_option_via_name():
     assert "keep_last 0" in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CheckpointOptions.__post_init__ checks int(value) but keeps the original value, so "
-    "keep_last='2' fails later in retention with TypeError, zstd_level=3.5 fails in Checkpointer() "
-    "with TypeError, and zstd_level='high' raises a plain ValueError from int()",
-)
 @pytest.mark.parametrize(
     "settings",
     [{"keep_last": "2"}, {"zstd_level": 3.5}, {"zstd_level": "high"}],
@@ -112,11 +106,6 @@ def test_object_array_leaf_named(checkpointer):
     assert "object" in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tree._numpy_to_host accepts str, bytes and void arrays, whose dtype names (str64, bytes16, void32) "
-    "np.dtype cannot parse, so the step commits and every restore raises CorruptCheckpointError",
-)
 @pytest.mark.parametrize("array", [np.array(["ab", "c"]), np.array([b"ab"]), np.zeros(2, dtype="V4")], ids=["str", "bytes", "void"])
 def test_text_array_rejected_on_save(checkpointer, array):
     with pytest.raises(ConfigError):
@@ -205,14 +194,12 @@ def test_committed_step_other_instance(tmp_path):
 def test_committed_step_async(tmp_path):
     checkpointer = Checkpointer(tmp_path / "ckpt", CheckpointOptions.from_name("async_raw"))
     checkpointer.save(state_for(1), step=1).wait()
-    handle = checkpointer.save(state_for(2), step=1)
 
-    with pytest.raises(BackgroundSaveError) as raised:
-        handle.wait()
+    with pytest.raises(CheckpointError) as raised:
+        checkpointer.save(state_for(2), step=1)
 
     assert "step 1 is already committed" in str(raised.value)
-    with pytest.raises(BackgroundSaveError):
-        checkpointer.close()
+    checkpointer.close()
     assert Checkpointer(tmp_path / "ckpt").restore().state["w"].tobytes() == state_for(1)["w"].tobytes()
 
 

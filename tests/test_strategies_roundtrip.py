@@ -95,10 +95,6 @@ def test_mlx_dtype_round_trip(tmp_path, strategy, dtype):
     assert_same_array(array, restored.state["w"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tree.to_target rebuilds MLX arrays with mx.array(array), which turns float64 into float32",
-)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_mlx_float64_round_trip(tmp_path, strategy):
     array = random_mlx("float64", (3, 5))
@@ -217,10 +213,6 @@ def test_nested_containers_round_trip(tmp_path, strategy):
         assert_same_array(array, restored_leaves[path])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="format.encode_manifest dumps the tree with sort_keys=True, so restored dicts come back in sorted key order",
-)
 def test_dict_key_order_kept(tmp_path):
     state = {"optimizer": np.arange(1), "model": {"b": np.arange(2), "a": np.arange(3)}}
 
@@ -240,10 +232,6 @@ def test_top_level_container_round_trip(tmp_path, state):
         assert_same_array(array, restored_leaves[path])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tree._flatten names the leaf under key '' 'root', the same as key 'root', so one overwrites the other",
-)
 def test_empty_key_beside_root_key(tmp_path):
     state = {"": np.array([1, 1]), "root": np.array([2, 2])}
 
