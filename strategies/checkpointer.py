@@ -46,7 +46,7 @@ class Checkpointer:
         read_only: bool = False,
     ) -> None:
         self.options = options or CheckpointOptions()
-        self.storage = directory if hasattr(directory, "write_atomic") else LocalStorage(directory)
+        self.storage = directory if hasattr(directory, "is_committed") else LocalStorage(directory)
         self.read_only = read_only
         if not read_only:
             self.storage.check_writable()
@@ -116,7 +116,7 @@ class Checkpointer:
 
     def _committed(self) -> dict[int, str]:
         """Map each committed step to its directory name (``step_10`` and ``step_00000010`` both parse)."""
-        return {step: name for step, name in self._step_dirs().items() if self.storage.exists(f"{name}/{fmt.MANIFEST}")}
+        return {step: name for step, name in self._step_dirs().items() if self.storage.is_committed(name)}
 
     def _step_dirs(self) -> dict[int, str]:
         found: dict[int, str] = {}

@@ -1,8 +1,8 @@
 """The on-disk format: one directory per step, shard files and a JSON manifest.
 
 A step directory is ``step_<number>``; its number is parsed, never sorted as text.
-The step is committed once ``manifest.json`` exists in it: shards are written and
-fsynced first, then the manifest is written under a temporary name and renamed.
+Shards are written and fsynced first; then the storage commits the manifest: on a
+filesystem by renaming it into place, on an object store by a marker written last.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import re
 import xxhash
 
 from strategies.errors import CorruptCheckpointError
+from strategies.storage import MANIFEST
 
 FORMAT_NAME = "flashbench-checkpoint"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 _STEP_DIR = re.compile(r"step_([0-9]+)")
 

@@ -64,13 +64,13 @@ def _write_and_commit(storage, directory, step, structure, leaves, metadata, cod
         "shards": shards,
         "metadata": metadata,
     }
-    storage.write_atomic(f"{directory}/{fmt.MANIFEST}", fmt.encode_manifest(manifest))
+    storage.commit(directory, fmt.encode_manifest(manifest))
     record.commit_s = time.perf_counter() - started
     record.bytes_stored = sum(shard["length"] for shard in shards.values())
 
 
 def _prepare_step_dir(storage: Storage, directory: str, step: int) -> None:
-    if storage.exists(f"{directory}/{fmt.MANIFEST}"):
+    if storage.is_committed(directory):
         raise CheckpointError(
             f"step {step} is already committed in {storage.root}/{directory}: committed steps are never "
             "overwritten; save under a new step number or use a new directory"

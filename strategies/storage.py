@@ -38,9 +38,22 @@ class Storage(typing.Protocol):
 
     def remove_tree(self, path: str) -> None: ...
 
+    def commit(self, directory: str, manifest: bytes) -> None:
+        """Publish ``manifest`` so that ``directory`` becomes a committed step, atomically."""
+        ...
+
+    def is_committed(self, directory: str) -> bool: ...
+
+
+MANIFEST = "manifest.json"
+
 
 class LocalStorage:
-    """A local or network filesystem directory, with fsync of files and directories."""
+    """A local or network filesystem directory, with fsync of files and directories.
+
+    A step is committed when its manifest has been renamed into place: the rename is
+    atomic, and the file and its directory are fsynced around it.
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = str(root)
@@ -103,6 +116,12 @@ class LocalStorage:
             temporary.unlink(missing_ok=True)
             raise
         self.fsync_dir(str(Path(path).parent))
+
+    def commit(self, directory: str, manifest: bytes) -> None:
+        self.write_atomic(f"{directory}/{MANIFEST}", manifest)
+
+    def is_committed(self, directory: str) -> bool:
+        return self._path(f"{directory}/{MANIFEST}").is_file()
 
     def fsync_dir(self, path: str) -> None:
         descriptor = os.open(self._path("" if path == "." else path), os.O_RDONLY | os.O_DIRECTORY)
