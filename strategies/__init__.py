@@ -1,4 +1,8 @@
-"""Crash-safe checkpoints for training state: sync or async, raw or zstd.
+"""Crash-safe checkpoints for training state.
+
+A strategy composes a writer (sync, async), a codec (raw, zstd, bytegroup_zstd,
+delta_zstd), a layout (coordinator, parallel) and a storage (a directory, or an
+fsspec URL through ``strategies.objectstore``).
 
 Example::
 
@@ -23,6 +27,14 @@ from strategies.options import CheckpointOptions, Layout, Writer, strategy_names
 from strategies.records import LoadRecord, SaveRecord
 from strategies.writers import SaveHandle
 
+
+def mlx_distributed(group=None) -> dict:
+    """Return ``rank``, ``world_size`` and ``broadcast`` for a Checkpointer on an MLX distributed group."""
+    from strategies.mlx_distributed import mlx_distributed as build
+
+    return build(group)
+
+
 __all__ = [
     "BackgroundSaveError",
     "CheckpointError",
@@ -38,5 +50,6 @@ __all__ = [
     "SaveRecord",
     "StorageError",
     "Writer",
+    "mlx_distributed",
     "strategy_names",
 ]

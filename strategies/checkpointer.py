@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import signal
+import threading
 import time
+import typing
+import uuid
 
 from strategies import format as fmt
 from strategies import persist
 from strategies.codecs import make_codec
 from strategies.errors import CheckpointError, ConfigError, CorruptCheckpointError, NoCheckpointError
 from strategies.layout import make_layout
-from strategies.options import CheckpointOptions, Writer
+from strategies.options import CheckpointOptions, Layout, Writer
 from strategies.records import LoadRecord, SaveRecord
 from strategies.storage import LocalStorage, Storage
 from strategies.tree import flatten
@@ -36,6 +41,12 @@ class Checkpointer:
 
     ``save(state, step)`` returns a ``SaveHandle``; ``restore()`` returns the newest
     committed step that verifies, falling back past corrupt ones with a warning.
+
+    With several processes, every rank creates its own Checkpointer on the same
+    directory with its ``rank`` and the ``world_size``, and every rank calls ``save``
+    for the same steps. The parallel layout then needs ``broadcast``, a collective that
+    returns rank 0's integer on every rank (``strategies.mlx_distributed`` builds one
+    from an MLX group). Rank 0 commits each step and applies retention.
     """
 
     def __init__(
@@ -43,18 +54,34 @@ class Checkpointer:
         directory: str | os.PathLike | Storage,
         options: CheckpointOptions | None = None,
         *,
+        rank: int = 0,
+        world_size: int = 1,
+        broadcast: typing.Callable[[int], int] | None = None,
         read_only: bool = False,
     ) -> None:
         self.options = options or CheckpointOptions()
         self.storage = directory if hasattr(directory, "is_committed") else LocalStorage(directory)
+        self.rank, self.world_size = _check_ranks(rank, world_size)
+        if world_size > 1 and self.options.layout == Layout.PARALLEL and broadcast is None:
+            raise ConfigError(
+                f"the parallel layout on {world_size} ranks needs broadcast, a collective that returns rank 0's "
+                "integer on every rank: pass broadcast=, e.g. from strategies.mlx_distributed()"
+            )
+        self._broadcast = broadcast
         self.read_only = read_only
         if not read_only:
             self.storage.check_writable()
+        self.run_id = self.options.run_id or uuid.uuid4().hex
         self._codec = make_codec(self.options.codec, level=self.options.zstd_level, threads=self.options.zstd_threads)
-        self._layout = make_layout(self.options.layout)
+        self._layout = make_layout(self.options.layout.value)
         self._writer = AsyncWriter(self.options.max_in_flight) if self.options.writer == Writer.ASYNC else SyncWriter()
+        self._base: persist.Base | None = None
+        self._saves = 0
+        self._run_ids: dict[str, str | None] = {}  # step directory -> run id in its manifest
         self._closed = False
         self.records: list[SaveRecord | LoadRecord] = []
+        if self.options.flush_on_sigterm:
+            self._install_sigterm_flush()
 
     def save(self, state, step: int, metadata: dict | None = None) -> SaveHandle:
         """Checkpoint ``state`` as ``step``; block until durable (sync) or snapshotted (async)."""
@@ -73,37 +100,55 @@ class Checkpointer:
         started = time.perf_counter()
         record = SaveRecord(step=step, strategy=self.options.name)
         record.wait_slot_s = self._writer.acquire_slot()
-
-        snapshot_started = time.perf_counter()
-        copy = self.options.writer == Writer.ASYNC
         try:
-            structure, leaves = flatten(state, copy=copy)
+            job = self._snapshot(state, step, metadata, record)
         except BaseException:
-            self._release_slot()
+            self._writer.release_slot()
             raise
-        record.snapshot_s = time.perf_counter() - snapshot_started
-        record.bytes_state = sum(leaf.nbytes for leaf in leaves)
 
         handle = SaveHandle(record)
         self.records.append(record)
-
-        def persist_step() -> None:
-            persist.write_step(self.storage, step, structure, leaves, metadata, self._codec, self._layout, record)
-            self._apply_retention(step)
-            logger.info(
-                "saved step %d with %s: %d bytes stored in %.3f s", step, self.options.name, record.bytes_stored,
-                time.perf_counter() - started,
-            )
-
         try:
-            self._writer.submit(handle, persist_step, started)
+            self._writer.submit(handle, lambda: self._persist(job, record, started), started)
         finally:
             record.stall_s = time.perf_counter() - started
         return handle
 
-    def _release_slot(self) -> None:
-        if isinstance(self._writer, AsyncWriter):
-            self._writer._slots.release()
+    def _snapshot(self, state, step: int, metadata: dict, record: SaveRecord) -> persist.SaveJob:
+        """Copy the state off the live arrays (async, or delta which keeps a base) and agree on a save nonce."""
+        nonce = self._agree_nonce()
+        snapshot_started = time.perf_counter()
+        copy = self.options.writer == Writer.ASYNC or self._codec.uses_base
+        structure, leaves = flatten(state, copy=copy)
+        record.snapshot_s = time.perf_counter() - snapshot_started
+        record.bytes_state = sum(leaf.nbytes for leaf in leaves)
+
+        full = self._base is None or self._saves % self.options.delta_full_every == 0
+        self._saves += 1
+        return persist.SaveJob(
+            step=step, structure=structure, leaves=leaves, metadata=metadata, run_id=self.run_id, nonce=nonce,
+            rank=self.rank, world_size=self.world_size, base=None if full else self._base,
+        )
+
+    def _agree_nonce(self) -> int:
+        value = secrets.randbits(52) if self.rank == 0 else 0
+        if self.world_size > 1 and self.options.layout == Layout.PARALLEL:
+            value = int(self._broadcast(value))
+        return value
+
+    def _persist(self, job: persist.SaveJob, record: SaveRecord, started: float) -> None:
+        pieces = persist.write_step(self.storage, job, self._codec, self._layout, record, self.options.commit_timeout_s)
+        if self._codec.uses_base:
+            # NOTE: on ranks other than 0 the base is this rank's last written save, which
+            # rank 0 may still fail to commit; rank 0 then rejects the next delta save and
+            # the bases agree again at the next full checkpoint.
+            self._base = persist.Base(job.step, {(p.leaf.name, p.start, p.stop): p.raw() for p in pieces})
+        if self.rank == 0:
+            self._apply_retention(job.step)
+        logger.info(
+            "saved step %d with %s on rank %d: %d bytes stored in %.3f s", job.step, self.options.name, self.rank,
+            record.bytes_stored, time.perf_counter() - started,
+        )
 
     def wait(self) -> None:
         """Block until every save made so far is committed; raise a background failure."""
@@ -171,16 +216,17 @@ class Checkpointer:
             )
         record = LoadRecord(step=step, strategy=self.options.name)
         started = time.perf_counter()
-        state, metadata = persist.read_step(self.storage, step, committed[step], target, record)
+        state, metadata = persist.read_step(self.storage, step, committed, target, record)
         record.load_s = time.perf_counter() - started
         self.records.append(record)
         logger.info("restored step %d from %s in %.3f s", step, self.storage.root, record.load_s)
         return Restored(step, state, metadata, record)
 
     def _apply_retention(self, newest: int) -> None:
-        """Remove uncommitted leftovers older than ``newest`` and, with keep_last, old committed steps.
+        """Remove uncommitted leftovers older than ``newest`` and, with keep_last, this run's old steps.
 
-        This runs on the writer after a commit, when no other save is writing.
+        Runs on rank 0 after a commit, on the writer thread, when no save of this
+        process is writing. Delta bases of kept steps are kept too.
         """
         committed = self._committed()
         for step, name in self._step_dirs().items():
@@ -191,13 +237,38 @@ class Checkpointer:
         keep_last = self.options.keep_last
         if keep_last is None:
             return
-        steps = sorted(committed)
-        keep = set(steps[-keep_last:])
+        ours = [step for step in sorted(committed) if self._run_id_of(committed[step], step) == self.run_id]
+        keep = set(ours[-keep_last:])
         keep.add(self._newest_verified(committed))
-        for step in steps:
+        keep |= self._delta_bases(keep, committed)
+        for step in ours:
             if step not in keep and step < newest:
                 logger.info("retention: removing step %d (keep_last=%d)", step, keep_last)
                 self.storage.remove_tree(committed[step])
+                self._run_ids.pop(committed[step], None)
+
+    def _run_id_of(self, directory: str, step: int) -> str | None:
+        if directory not in self._run_ids:
+            try:
+                self._run_ids[directory] = persist.read_manifest(self.storage, step, directory).get("run_id")
+            except CorruptCheckpointError:
+                self._run_ids[directory] = None  # unreadable: never counted as this run's, never removed
+        return self._run_ids[directory]
+
+    def _delta_bases(self, steps: set[int], committed: dict[int, str]) -> set[int]:
+        """Return every step that the delta chains of ``steps`` need."""
+        needed: set[int] = set()
+        pending = list(steps)
+        while pending:
+            step = pending.pop()
+            try:
+                base = persist.read_manifest(self.storage, step, committed[step]).get("base_step")
+            except (CorruptCheckpointError, KeyError):
+                continue
+            if isinstance(base, int) and base in committed and base not in needed:
+                needed.add(base)
+                pending.append(base)
+        return needed
 
     def _newest_verified(self, committed: dict[int, str]) -> int:
         # A manifest that parses is the cheap check; a full read of every shard would
@@ -209,6 +280,24 @@ class Checkpointer:
             except CorruptCheckpointError:
                 continue
         return max(committed)
+
+    def _install_sigterm_flush(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError("flush_on_sigterm needs the Checkpointer to be created on the main thread")
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame) -> None:
+            logger.warning("SIGTERM: finishing pending saves in %s before exiting", self.storage.root)
+            try:
+                self.close()
+            finally:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+                if callable(previous):
+                    previous(signum, frame)
+                elif previous != signal.SIG_IGN:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def close(self) -> None:
         """Finish every pending save and raise a background failure, if any."""
@@ -227,6 +316,15 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _check_ranks(rank, world_size) -> tuple[int, int]:
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"invalid {name} {value!r}: expected an integer")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"invalid rank {rank} of world_size {world_size}: expected 0 <= rank < world_size")
+    return rank, world_size
 
 
 def _check_step(step) -> int:

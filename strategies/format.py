@@ -16,7 +16,7 @@ from strategies.errors import CorruptCheckpointError
 from strategies.storage import MANIFEST
 
 FORMAT_NAME = "flashbench-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _STEP_DIR = re.compile(r"step_([0-9]+)")
 
@@ -70,18 +70,42 @@ def _validate_manifest(manifest, where: str) -> None:
     if not isinstance(manifest["step"], int):
         raise CorruptCheckpointError(f"manifest {where}: step {manifest['step']!r} is not an integer")
     for name, entry in manifest["shards"].items():
-        if not isinstance(entry, dict):
-            raise CorruptCheckpointError(f"manifest {where}: entry of shard {name!r} is not an object")
+        if not isinstance(entry, dict) or not _is_count(entry.get("length")):
+            raise CorruptCheckpointError(f"manifest {where}: entry of shard {name!r} is invalid")
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise CorruptCheckpointError(f"manifest {where}: shard name {name!r} is not a plain file name")
     for name, entry in manifest["arrays"].items():
         _validate_array_entry(name, entry, manifest["shards"], where)
 
 
 def _validate_array_entry(name: str, entry, shards: dict, where: str) -> None:
-    keys = ("dtype", "shape", "shard", "offset", "length", "raw_length", "checksum", "raw_checksum", "kind")
+    keys = ("dtype", "shape", "kind", "raw_length", "pieces")
     if not isinstance(entry, dict) or any(key not in entry for key in keys):
         raise CorruptCheckpointError(f"manifest {where}: entry of array {name!r} is incomplete")
-    if entry["shard"] not in shards:
-        raise CorruptCheckpointError(f"manifest {where}: array {name!r} names unknown shard {entry['shard']!r}")
-    numbers = (entry["offset"], entry["length"], entry["raw_length"])
-    if not all(isinstance(n, int) and n >= 0 for n in numbers):
-        raise CorruptCheckpointError(f"manifest {where}: array {name!r} has invalid offset or length")
+    shape, raw_length = entry["shape"], entry["raw_length"]
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape) or not _is_count(raw_length):
+        raise CorruptCheckpointError(f"manifest {where}: array {name!r} has an invalid shape or length")
+    if not isinstance(entry["pieces"], list):
+        raise CorruptCheckpointError(f"manifest {where}: pieces of array {name!r} are not a list")
+    covered = 0
+    for piece in entry["pieces"]:
+        _validate_piece(name, piece, shards, where)
+        if piece["start"] != covered or piece["stop"] < piece["start"]:
+            raise CorruptCheckpointError(f"manifest {where}: pieces of array {name!r} leave a gap or overlap at byte {covered}")
+        covered = piece["stop"]
+    if covered != raw_length:
+        raise CorruptCheckpointError(f"manifest {where}: pieces of array {name!r} cover {covered} of {raw_length} bytes")
+
+
+def _validate_piece(name: str, piece, shards: dict, where: str) -> None:
+    keys = ("shard", "start", "stop", "offset", "length", "checksum", "raw_checksum")
+    if not isinstance(piece, dict) or any(key not in piece for key in keys):
+        raise CorruptCheckpointError(f"manifest {where}: a piece of array {name!r} is incomplete")
+    if piece["shard"] not in shards:
+        raise CorruptCheckpointError(f"manifest {where}: array {name!r} names unknown shard {piece['shard']!r}")
+    if not all(_is_count(piece[key]) for key in ("start", "stop", "offset", "length")):
+        raise CorruptCheckpointError(f"manifest {where}: a piece of array {name!r} has an invalid offset or length")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,8 +1,16 @@
-"""Writing one step to storage and reading it back, with verification."""
+"""Writing one step to storage and reading it back, with verification.
+
+A save writes this rank's pieces into its shard and fsyncs it. With several ranks
+and the parallel layout, each rank then publishes an index of its pieces
+(``rank_<r>.json``), and rank 0 waits for every index of this save before it builds
+the manifest and commits it. The storage commits atomically (rename or marker).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
 import time
 
@@ -11,104 +19,200 @@ import xxhash
 from strategies import format as fmt
 from strategies.codecs import Codec, codec_for_manifest
 from strategies.errors import CheckpointError, CorruptCheckpointError, StorageError
-from strategies.layout import Layout
+from strategies.layout import Layout, Piece, shard_name
 from strategies.records import LoadRecord, SaveRecord
 from strategies.storage import Storage
-from strategies.tree import HostArray, from_bytes, to_target, unflatten
+from strategies.tree import HostArray, from_bytes, itemsize_of, to_target, unflatten
 
 logger = logging.getLogger(__name__)
 
+POLL_S = 0.02  # how often rank 0 looks for the other ranks' indexes
 
-def write_step(
-    storage: Storage,
-    step: int,
-    structure,
-    leaves: list[HostArray],
-    metadata: dict,
-    codec: Codec,
-    layout: Layout,
-    record: SaveRecord,
-) -> None:
-    """Write the shards of ``step``, then commit its manifest atomically."""
-    directory = fmt.step_dir(step)
+
+@dataclasses.dataclass
+class Base:
+    """The committed checkpoint a delta save is encoded against: raw bytes per piece."""
+
+    step: int
+    pieces: dict[tuple[str, int, int], memoryview]
+
+
+@dataclasses.dataclass
+class SaveJob:
+    """One rank's part of one save."""
+
+    step: int
+    structure: object
+    leaves: list[HostArray]
+    metadata: dict
+    run_id: str
+    nonce: int  # identical on every rank for one save; tells this save's indexes from stale ones
+    rank: int = 0
+    world_size: int = 1
+    base: Base | None = None
+
+
+def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, record: SaveRecord, timeout_s: float) -> list[Piece]:
+    """Write this rank's pieces of ``job``; on rank 0 also commit the manifest. Return the pieces written."""
+    directory = fmt.step_dir(job.step)
     try:
-        _write_and_commit(storage, directory, step, structure, leaves, metadata, codec, layout, record)
+        return _write_and_commit(storage, directory, job, codec, layout, record, timeout_s)
     except OSError as error:
         raise StorageError(
             error.errno,
-            f"writing step {step} to {storage.root}/{directory} failed: {error}; the step is not committed and "
+            f"writing step {job.step} to {storage.root}/{directory} failed: {error}; the step is not committed and "
             "older checkpoints are untouched; free space or fix the storage, then save again",
         ) from error
 
 
-def _write_and_commit(storage, directory, step, structure, leaves, metadata, codec, layout, record) -> None:
-    _prepare_step_dir(storage, directory, step)
+def _write_and_commit(storage, directory, job: SaveJob, codec, layout, record, timeout_s) -> list[Piece]:
+    _prepare_step_dir(storage, directory, job)
+    pieces = layout.plan(job.leaves, job.rank, job.world_size)
+    index = None
+    if pieces or job.rank == 0:
+        started = time.perf_counter()
+        index = _write_shard(storage, directory, job, pieces, codec, record)
+        record.write_s = time.perf_counter() - started - record.encode_s
+        record.bytes_stored = index["length"]
 
-    arrays: dict[str, dict] = {}
-    shards: dict[str, dict] = {}
     started = time.perf_counter()
-    for shard_name, shard_leaves in layout.plan(leaves).items():
-        shards[shard_name] = _write_shard(storage, f"{directory}/{shard_name}", shard_leaves, codec, arrays, record)
-    record.write_s = time.perf_counter() - started - record.encode_s
-
-    started = time.perf_counter()
-    manifest = {
-        "format": fmt.FORMAT_NAME,
-        "version": fmt.FORMAT_VERSION,
-        "step": step,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "codec": codec.params(),
-        "layout": layout.name,
-        "tree": structure,
-        "arrays": arrays,
-        "shards": shards,
-        "metadata": metadata,
-    }
-    storage.commit(directory, fmt.encode_manifest(manifest))
+    if job.world_size > 1 and layout.name == "parallel":
+        storage.write_atomic(f"{directory}/{_index_name(job.rank)}", json.dumps(index).encode())
+    if job.rank == 0:
+        indexes = [index] + _wait_for_indexes(storage, directory, job, layout, timeout_s)
+        manifest = _build_manifest(storage, job, indexes, codec, layout)
+        storage.commit(directory, fmt.encode_manifest(manifest))
     record.commit_s = time.perf_counter() - started
-    record.bytes_stored = sum(shard["length"] for shard in shards.values())
+    return pieces
 
 
-def _prepare_step_dir(storage: Storage, directory: str, step: int) -> None:
+def _index_name(rank: int) -> str:
+    return f"rank_{rank:05d}.json"
+
+
+def _prepare_step_dir(storage: Storage, directory: str, job: SaveJob) -> None:
     if storage.is_committed(directory):
         raise CheckpointError(
-            f"step {step} is already committed in {storage.root}/{directory}: committed steps are never "
+            f"step {job.step} is already committed in {storage.root}/{directory}: committed steps are never "
             "overwritten; save under a new step number or use a new directory"
         )
-    if storage.exists(directory):
-        logger.warning("removing uncommitted leftovers of step %d in %s/%s", step, storage.root, directory)
+    # With one rank, leftovers of a crashed save are removed. With several, another rank
+    # may already be writing here, so each rank overwrites only its own files.
+    if job.world_size == 1 and storage.exists(directory):
+        logger.warning("removing uncommitted leftovers of step %d in %s/%s", job.step, storage.root, directory)
         storage.remove_tree(directory)
     storage.makedirs(directory)
 
 
-def _write_shard(storage, path, leaves, codec, arrays, record) -> dict:
+def _write_shard(storage, directory: str, job: SaveJob, pieces: list[Piece], codec: Codec, record: SaveRecord) -> dict:
     hasher = xxhash.xxh3_64()
+    entries: list[dict] = []
     offset = 0
+    base_used = job.base if codec.uses_base and _base_matches(job.base, pieces) else None
 
     def chunks():
         nonlocal offset
-        for leaf in leaves:
+        for piece in pieces:
             started = time.perf_counter()
-            raw = leaf.buffer()
-            encoded = codec.encode(raw)
+            raw = piece.raw()
+            base = base_used.pieces[_piece_key(piece)] if base_used else None
+            encoded = codec.encode(raw, piece.leaf.data.dtype.itemsize, base)
+            entry = {
+                "array": piece.leaf.name, "start": piece.start, "stop": piece.stop, "offset": offset,
+                "length": len(encoded), "checksum": fmt.checksum(encoded), "raw_checksum": fmt.checksum(raw),
+            }
+            if base is not None:
+                entry["base_checksum"] = fmt.checksum(base)
             record.encode_s += time.perf_counter() - started
             hasher.update(encoded)
-            arrays[leaf.name] = {
-                "dtype": leaf.dtype,
-                "shape": list(leaf.shape),
-                "kind": leaf.kind,
-                "shard": path.rsplit("/", 1)[-1],
-                "offset": offset,
-                "length": len(encoded),
-                "raw_length": len(raw),
-                "checksum": fmt.checksum(encoded),
-                "raw_checksum": fmt.checksum(raw),
-            }
+            entries.append(entry)
             offset += len(encoded)
             yield encoded
 
-    length = storage.write_file(path, chunks())
-    return {"length": length, "checksum": "xxh3_64:" + hasher.hexdigest()}
+    shard = shard_name(job.rank)
+    length = storage.write_file(f"{directory}/{shard}", chunks())
+    return {
+        "rank": job.rank, "nonce": job.nonce, "shard": shard, "length": length,
+        "checksum": "xxh3_64:" + hasher.hexdigest(), "pieces": entries,
+        "base_step": base_used.step if base_used else None,
+    }
+
+
+def _piece_key(piece: Piece) -> tuple[str, int, int]:
+    return (piece.leaf.name, piece.start, piece.stop)
+
+
+def _base_matches(base: Base | None, pieces: list[Piece]) -> bool:
+    return base is not None and all(_piece_key(piece) in base.pieces for piece in pieces)
+
+
+def _wait_for_indexes(storage, directory: str, job: SaveJob, layout: Layout, timeout_s: float) -> list[dict]:
+    """Wait until every other rank has published its index for this save; return them."""
+    if job.world_size == 1 or layout.name != "parallel":
+        return []
+    deadline = time.monotonic() + timeout_s
+    found: dict[int, dict] = {}
+    while len(found) < job.world_size - 1:
+        for rank in range(1, job.world_size):
+            if rank not in found:
+                index = _read_index(storage, directory, rank)
+                if index is not None and index.get("nonce") == job.nonce:
+                    found[rank] = index
+        if len(found) < job.world_size - 1:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(1, job.world_size)) - set(found))
+                raise CheckpointError(
+                    f"step {job.step}: ranks {missing} did not finish their shards within {timeout_s:.0f} s, so the step "
+                    "is not committed; check that every rank calls save() for this step, or raise commit_timeout_s"
+                )
+            time.sleep(POLL_S)
+    return [found[rank] for rank in sorted(found)]
+
+
+def _read_index(storage, directory: str, rank: int) -> dict | None:
+    try:
+        return json.loads(storage.read_file(f"{directory}/{_index_name(rank)}"))
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a stale or partly written index of another save; the writer replaces it
+
+
+def _build_manifest(storage, job: SaveJob, indexes: list[dict], codec: Codec, layout: Layout) -> dict:
+    base_steps = {index["base_step"] for index in indexes if index["pieces"]}
+    if len(base_steps) > 1 or (base_steps and None not in base_steps and not storage.is_committed(fmt.step_dir(next(iter(base_steps))))):
+        raise CheckpointError(
+            f"step {job.step}: ranks encoded their delta pieces against different or uncommitted bases {sorted(map(str, base_steps))}; "
+            "the step is not committed, and the next full checkpoint restores a common base"
+        )
+    pieces_by_array: dict[str, list[dict]] = {}
+    for index in indexes:
+        for entry in index["pieces"]:
+            piece = {key: value for key, value in entry.items() if key != "array"}
+            piece["shard"] = index["shard"]
+            pieces_by_array.setdefault(entry["array"], []).append(piece)
+
+    arrays = {}
+    for leaf in job.leaves:
+        arrays[leaf.name] = {
+            "dtype": leaf.dtype, "shape": list(leaf.shape), "kind": leaf.kind, "raw_length": leaf.nbytes,
+            "pieces": sorted(pieces_by_array.get(leaf.name, []), key=lambda piece: piece["start"]),
+        }
+    return {
+        "format": fmt.FORMAT_NAME,
+        "version": fmt.FORMAT_VERSION,
+        "step": job.step,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "run_id": job.run_id,
+        "world_size": job.world_size,
+        "layout": layout.name,
+        "codec": codec.params(),
+        "base_step": next(iter(base_steps), None),
+        "tree": job.structure,
+        "arrays": arrays,
+        "shards": {index["shard"]: {"length": index["length"], "checksum": index["checksum"]} for index in indexes},
+        "metadata": job.metadata,
+    }
 
 
 def read_manifest(storage: Storage, step: int, directory: str | None = None) -> dict:
@@ -125,20 +229,54 @@ def read_manifest(storage: Storage, step: int, directory: str | None = None) -> 
     return manifest
 
 
-def read_step(storage: Storage, step: int, directory: str, target: str, record: LoadRecord):
-    """Read, verify and decode ``step`` from ``directory``; return (state, metadata)."""
-    manifest = read_manifest(storage, step, directory)
-    codec = codec_for_manifest(manifest["codec"])
-    shards = {
-        name: _read_shard(storage, step, f"{directory}/{name}", entry, record) for name, entry in manifest["shards"].items()
-    }
+def read_step(storage: Storage, step: int, directories: dict[int, str], target: str, record: LoadRecord):
+    """Read, verify and decode ``step``; return (state, metadata).
 
+    ``directories`` maps committed steps to their directory names; a delta step's base
+    chain is resolved through it.
+    """
+    manifest, raw = read_raw(storage, step, directories, record, depth=0)
     arrays = {}
     for name, entry in manifest["arrays"].items():
-        arrays[name] = _decode_array(name, entry, shards[entry["shard"]], codec, target, record, step)
+        started = time.perf_counter()
+        array = from_bytes(raw[name], entry["dtype"], tuple(entry["shape"]), name)
+        arrays[name] = to_target(array, entry["dtype"], entry["kind"], target, name)
+        record.decode_s += time.perf_counter() - started
         record.bytes_state += entry["raw_length"]
     record.bytes_stored = sum(entry["length"] for entry in manifest["shards"].values())
     return unflatten(manifest["tree"], arrays), manifest["metadata"]
+
+
+MAX_DELTA_CHAIN = 1000
+
+
+def read_raw(storage: Storage, step: int, directories: dict[int, str], record: LoadRecord, depth: int):
+    """Return the manifest of ``step`` and the verified raw bytes of each of its arrays."""
+    if step not in directories:
+        raise CorruptCheckpointError(f"step {step} is not committed in {storage.root}, but a delta checkpoint names it as its base")
+    directory = directories[step]
+    manifest = read_manifest(storage, step, directory)
+    codec = codec_for_manifest(manifest["codec"])
+    base_raw = _read_base(storage, step, manifest, directories, record, depth)
+    shards = {
+        name: _read_shard(storage, step, f"{directory}/{name}", entry, record) for name, entry in manifest["shards"].items()
+    }
+    raw = {}
+    for name, entry in manifest["arrays"].items():
+        raw[name] = _decode_array(name, entry, shards, codec, base_raw, record, step)
+    return manifest, raw
+
+
+def _read_base(storage, step, manifest, directories, record, depth) -> dict | None:
+    base_step = manifest.get("base_step")
+    if base_step is None:
+        return None
+    if depth >= MAX_DELTA_CHAIN or not isinstance(base_step, int) or base_step >= step:
+        raise CorruptCheckpointError(f"step {step} names an invalid delta base {base_step!r}")
+    try:
+        return read_raw(storage, base_step, directories, record, depth + 1)[1]
+    except CorruptCheckpointError as error:
+        raise CorruptCheckpointError(f"delta step {step} cannot be rebuilt because its base failed: {error}") from error
 
 
 def _read_shard(storage, step, path, entry, record) -> memoryview:
@@ -163,19 +301,36 @@ def _read_shard(storage, step, path, entry, record) -> memoryview:
     return memoryview(data)
 
 
-def _decode_array(name, entry, shard: memoryview, codec, target, record, step):
-    stored = shard[entry["offset"] : entry["offset"] + entry["length"]]
-    if len(stored) != entry["length"]:
-        raise CorruptCheckpointError(f"array {name!r} of step {step} runs past the end of shard {entry['shard']}")
-
+def _decode_array(name, entry, shards, codec, base_raw, record, step) -> bytearray:
     started = time.perf_counter()
-    raw = codec.decode(stored, entry["raw_length"])
-    found = fmt.checksum(raw)
-    if found != entry["raw_checksum"]:
-        raise CorruptCheckpointError(
-            f"array {name!r} of step {step} decoded to wrong bytes: expected {entry['raw_checksum']}, found {found}"
-        )
-    array = from_bytes(raw, entry["dtype"], tuple(entry["shape"]), name)
-    result = to_target(array, entry["dtype"], entry["kind"], target, name)
+    itemsize = itemsize_of(entry["dtype"], name)
+    out = bytearray(entry["raw_length"])
+    for piece in entry["pieces"]:
+        shard = shards[piece["shard"]]
+        stored = shard[piece["offset"] : piece["offset"] + piece["length"]]
+        if len(stored) != piece["length"]:
+            raise CorruptCheckpointError(f"array {name!r} of step {step} runs past the end of shard {piece['shard']}")
+        base = _base_piece(name, piece, base_raw, step)
+        raw = codec.decode(stored, piece["stop"] - piece["start"], itemsize, base)
+        found = fmt.checksum(raw)
+        if found != piece["raw_checksum"]:
+            raise CorruptCheckpointError(
+                f"array {name!r} of step {step} decoded to wrong bytes: expected {piece['raw_checksum']}, found {found}"
+            )
+        out[piece["start"] : piece["stop"]] = raw
     record.decode_s += time.perf_counter() - started
-    return result
+    return out
+
+
+def _base_piece(name, piece, base_raw, step):
+    if "base_checksum" not in piece:
+        return None
+    if base_raw is None or name not in base_raw:
+        raise CorruptCheckpointError(f"delta piece of array {name!r} in step {step} has no base array to apply to")
+    base = memoryview(base_raw[name])[piece["start"] : piece["stop"]]
+    found = fmt.checksum(base)
+    if found != piece["base_checksum"]:
+        raise CorruptCheckpointError(
+            f"delta base of array {name!r} in step {step} does not match: expected {piece['base_checksum']}, found {found}"
+        )
+    return base

@@ -169,3 +169,8 @@ def unflatten(structure, arrays: dict[str, object]):
     if isinstance(structure, dict):
         return {key: unflatten(value, arrays) for key, value in structure.items()}
     raise CorruptCheckpointError(f"manifest tree has an invalid node {structure!r}")
+
+
+def itemsize_of(dtype: str, name: str) -> int:
+    """Return the bytes per element of a manifest dtype name."""
+    return _numpy_dtype(dtype, name).itemsize

@@ -53,6 +53,9 @@ class SyncWriter:
     def acquire_slot(self) -> float:
         return 0.0
 
+    def release_slot(self) -> None:
+        pass
+
     def submit(self, handle: SaveHandle, persist: PersistFn, started: float) -> None:
         persist()
         handle.record.persist_s = time.perf_counter() - started
@@ -85,6 +88,10 @@ class AsyncWriter:
         started = time.perf_counter()
         self._slots.acquire()
         return time.perf_counter() - started
+
+    def release_slot(self) -> None:
+        """Give back a slot taken by ``acquire_slot`` for a save that never reached ``submit``."""
+        self._slots.release()
 
     def submit(self, handle: SaveHandle, persist: PersistFn, started: float) -> None:
         with self._lock:

@@ -154,12 +154,21 @@ def test_restore_unpadded_names(tmp_path):
 
 def test_retention_unpadded_names(tmp_path):
     directory = tmp_path / "ckpt"
-    save_steps(directory, [9, 10])
+    save_steps(directory, [9, 10], run_id="run-a")
     rename_unpadded(directory, [9, 10])
 
-    checkpointer = save_steps(directory, [11], keep_last=1)
+    checkpointer = save_steps(directory, [11], keep_last=1, run_id="run-a")
 
     assert checkpointer.steps() == [11]
+
+
+def test_retention_keeps_other_runs(tmp_path):
+    directory = tmp_path / "ckpt"
+    save_steps(directory, [9, 10], run_id="run-a")
+
+    checkpointer = save_steps(directory, [11, 12, 13], keep_last=1, run_id="run-b")
+
+    assert checkpointer.steps() == [9, 10, 13]
 
 
 def test_steps_ignore_other_names(tmp_path):

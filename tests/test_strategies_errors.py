@@ -33,7 +33,7 @@ def test_unknown_strategy_lists_names():
         CheckpointOptions.from_name("parallel")
 
     assert "'parallel'" in str(raised.value)
-    assert "sync_raw, sync_zstd, async_raw, async_zstd" in str(raised.value)
+    assert "sync_raw, sync_zstd, sync_bytegroup_zstd, sync_delta_zstd, async_raw" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_unknown_strategy_lists_names():
         ({"zstd_threads": -2}, "zstd_threads -2"),
         ({"codec": "lz4"}, "codec 'lz4'"),
         ({"writer": "later"}, "writer 'later'"),
-        ({"layout": "parallel"}, "layout 'parallel'"),
+        ({"layout": "ring"}, "layout 'ring'"),
     ],
     ids=lambda value: str(value),
 )

@@ -6,7 +6,8 @@ import pytest
 
 from strategies import Checkpointer, CheckpointOptions, ConfigError, strategy_names
 
-STRATEGIES = ["sync_raw", "sync_zstd", "async_raw", "async_zstd"]
+CODECS = ["raw", "zstd", "bytegroup_zstd", "delta_zstd"]
+STRATEGIES = [f"{writer}_{codec}" for writer in ("sync", "async") for codec in CODECS]
 
 # Unsigned integer type of each item size, for MLX arrays built from random bits.
 BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
