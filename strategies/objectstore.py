@@ -11,6 +11,7 @@ fsspec and its backends are imported when an ``FsspecStorage`` is created, so
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import typing
@@ -210,11 +211,12 @@ class FsspecStorage:
     def _invalidate(self, path: str) -> None:
         full = self._full(path)
         self.fs.invalidate_cache(full)
-        self.fs.invalidate_cache(self.fs._parent(full))
+        self.fs.invalidate_cache(full.rpartition("/")[0])
 
     def _error(self, operation: str, path: str, error: BaseException) -> StorageError:
+        # EIO stands in for backend errors that carry no errno, such as botocore's.
         return StorageError(
-            getattr(error, "errno", None),
+            getattr(error, "errno", None) or errno.EIO,
             f"{operation} {self.root}/{path} failed ({_describe(error)}): {_hint(error)}",
         )
 
