@@ -29,12 +29,22 @@ class ExperimentConfig:
     fault: FaultSpec
     cluster: dict
     blas: bool = True
+    world_size: int = 1  # data-parallel training processes per run
 
     def __post_init__(self) -> None:
         if not self.strategies:
             raise ConfigError("strategy.names is empty: name at least one strategy, e.g. strategy=sync_zstd")
         for name in self.strategies:
             CheckpointOptions.from_name(name, **self.checkpoint)
+        if self.world_size < 1:
+            raise ConfigError(f"invalid train.world_size {self.world_size}: expected 1 or more processes")
+        if int(self.workload.get("batch_size", 1)) % self.world_size:
+            raise ConfigError(
+                f"invalid workload.batch_size {self.workload['batch_size']}: it must be a multiple of "
+                f"train.world_size ({self.world_size}) so every rank trains on the same number of rows"
+            )
+        if self.fault.rank >= self.world_size:
+            raise ConfigError(f"invalid fault.rank {self.fault.rank}: expected a rank below train.world_size ({self.world_size})")
         if self.steps < 1:
             raise ConfigError(f"invalid train.steps {self.steps}: expected 1 or more")
         if self.interval < 1:
@@ -76,6 +86,7 @@ class ExperimentConfig:
                 fault=_fault(fault),
                 cluster=dict(cfg["cluster"]),
                 blas=bool(cfg.get("blas", True)),
+                world_size=int(cfg["train"].get("world_size", 1)),
             )
         except KeyError as error:
             raise ConfigError(f"the config lacks the key {error}: compare it with conf/config.yaml") from None
@@ -88,7 +99,10 @@ class ExperimentConfig:
 def _fault(fault: dict) -> FaultSpec:
     try:
         return FaultSpec(
-            kind=str(fault["kind"]), at_step=int(fault.get("at_step", 0)), max_restarts=int(fault.get("max_restarts", 3))
+            kind=str(fault["kind"]),
+            at_step=int(fault.get("at_step", 0)),
+            max_restarts=int(fault.get("max_restarts", 3)),
+            rank=int(fault.get("rank", 0)),
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -56,6 +56,8 @@ def train_spec(config: ExperimentConfig, strategy: str | None, checkpoint_root: 
         strategy=strategy,
         checkpoint_dir=str(checkpoint_root / strategy) if strategy else None,
         checkpoint=config.checkpoint,
+        world_size=config.world_size,
+        run_id=f"{checkpoint_root.name}-{strategy}" if strategy else None,
     )
 
 

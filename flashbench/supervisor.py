@@ -13,9 +13,12 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,12 +38,15 @@ class FaultSpec:
     kind: str = "none"  # "none" or "kill"
     at_step: int = 0  # the child is killed once it reports this step
     max_restarts: int = 3
+    rank: int = 0  # which rank is killed; the supervisor then stops the others
 
     def __post_init__(self) -> None:
         if self.kind not in ("none", "kill"):
             raise ValueError(f"invalid fault.kind {self.kind!r}: expected none or kill")
         if self.kind == "kill" and self.at_step < 1:
             raise ValueError(f"invalid fault.at_step {self.at_step}: expected a step of 1 or more")
+        if self.rank < 0:
+            raise ValueError(f"invalid fault.rank {self.rank}: expected 0 or more")
         if self.max_restarts < 0:
             raise ValueError(f"invalid fault.max_restarts {self.max_restarts}: expected 0 or more")
 
@@ -76,7 +82,7 @@ class RunResult:
 
 
 class Supervisor:
-    """Starts, watches and restarts the training process of one run."""
+    """Starts, watches and restarts the training processes (one per rank) of one run."""
 
     def __init__(self, spec: TrainSpec, fault: FaultSpec, work_dir: Path, env: dict[str, str], on_event=None) -> None:
         self.spec = spec
@@ -100,60 +106,107 @@ class Supervisor:
             if recoveries:
                 self._finish_recovery(recoveries[-1], outcome["events"])
             if outcome["returncode"] == 0:
-                return RunResult(self.label, events, recoveries, outcome["digest"], time.monotonic() - started)
+                return RunResult(self.label, events, recoveries, self._digest(outcome), time.monotonic() - started)
             if not outcome["killed"]:
-                raise TrainingFailed(self._failure_message(outcome, attempt))
+                raise TrainingFailed(self._failure_message(outcome))
             fault_pending = False
             recoveries.append(self._start_recovery(outcome))
         raise TrainingFailed(f"{self.label}: still failing after {self.fault.max_restarts} restarts; see {self.work_dir}")
 
-    def _attempt(self, spec_path: Path, attempt: int, events: list[dict], fault_pending: bool) -> dict:
-        log_path = self.work_dir / f"{self.label}.attempt{attempt}.log"
-        with open(log_path, "w") as log:
-            launched = time.monotonic()
-            child = subprocess.Popen(
+    def _launch(self, spec_path: Path, attempt: int) -> list[subprocess.Popen]:
+        """Start one process per rank; with several ranks, give them a ring on 127.0.0.1."""
+        world = self.spec.world_size
+        env = dict(self.env)
+        if world > 1:
+            hostfile = self.work_dir / f"{self.label}.hosts{attempt}.json"
+            hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in _free_ports(world)]))
+            env["MLX_HOSTFILE"] = str(hostfile)
+        children = []
+        for rank in range(world):
+            env["MLX_RANK"] = str(rank)
+            log = open(self.work_dir / f"{self.label}.attempt{attempt}.rank{rank}.log", "w")
+            children.append(subprocess.Popen(
                 [sys.executable, "-m", "flashbench.train", str(spec_path)],
-                stdout=subprocess.PIPE, stderr=log, env=self.env, text=True, bufsize=1,
-            )
-            outcome = {"launched": launched, "events": [], "killed": False, "digest": "", "log": log_path}
-            for line in child.stdout:
-                event = self._parse(line, attempt)
-                if event is None:
-                    continue
-                outcome["events"].append(event)
-                events.append(event)
+                stdout=subprocess.PIPE, stderr=log, env=dict(env), text=True, bufsize=1,
+            ))
+            log.close()
+        return children
+
+    def _attempt(self, spec_path: Path, attempt: int, events: list[dict], fault_pending: bool) -> dict:
+        launched = time.monotonic()
+        children = self._launch(spec_path, attempt)
+        lines: queue.Queue = queue.Queue()
+        readers = [threading.Thread(target=_pump, args=(rank, child, lines), daemon=True) for rank, child in enumerate(children)]
+        for reader in readers:
+            reader.start()
+
+        outcome = {"launched": launched, "events": [], "killed": False, "done": {}, "returncodes": {}, "attempt": attempt}
+        open_streams = len(children)
+        while open_streams:
+            rank, line = lines.get()
+            if line is None:
+                open_streams -= 1
+                self._on_exit(rank, children, outcome)
+                continue
+            event = self._parse(line, attempt, rank)
+            if event is None:
+                continue
+            outcome["events"].append(event)
+            events.append(event)
+            if rank == 0:
                 self.on_event(event)
-                if fault_pending and not outcome["killed"] and event["event"] == "step" and event["step"] >= self.fault.at_step:
-                    os.kill(child.pid, signal.SIGKILL)
-                    outcome["killed"], outcome["kill_t"] = True, time.monotonic()
-                    logger.info("%s: sent SIGKILL to pid %d at step %d", self.label, child.pid, event["step"])
-                if event["event"] == "done":
-                    outcome["digest"] = event["digest"]
-            outcome["returncode"] = child.wait()
-            outcome["exit_t"] = time.monotonic()
+            if event["event"] == "done":
+                outcome["done"][rank] = event["digest"]
+            if fault_pending and not outcome["killed"] and rank == self.fault.rank and event["event"] == "step" and event["step"] >= self.fault.at_step:
+                os.kill(children[rank].pid, signal.SIGKILL)
+                outcome["killed"], outcome["kill_t"] = True, time.monotonic()
+                logger.info("%s: sent SIGKILL to rank %d (pid %d) at step %d", self.label, rank, children[rank].pid, event["step"])
+
+        codes = [child.wait() for child in children]
+        outcome["exit_t"] = outcome.get("exit_t", time.monotonic())
+        outcome["returncode"] = next((code for code in codes if code != 0), 0)
+        outcome["log"] = self.work_dir / f"{self.label}.attempt{attempt}.rank{codes.index(outcome['returncode'])}.log"
         return outcome
 
-    def _parse(self, line: str, attempt: int) -> dict | None:
+    def _on_exit(self, rank: int, children: list[subprocess.Popen], outcome: dict) -> None:
+        """A rank closed its output: once it failed, stop the others so the job can restart."""
+        code = children[rank].wait()
+        outcome["returncodes"][rank] = code
+        if code != 0 and "exit_t" not in outcome:
+            outcome["exit_t"] = time.monotonic()
+            survivors = [child for child in children if child.poll() is None]
+            if survivors:
+                logger.info("%s: rank %d exited with %d, stopping %d other rank(s)", self.label, rank, code, len(survivors))
+            for child in survivors:
+                child.kill()
+
+    def _digest(self, outcome: dict) -> str:
+        digests = set(outcome["done"].values())
+        if len(digests) != 1 or len(outcome["done"]) != self.spec.world_size:
+            raise TrainingFailed(f"{self.label}: ranks finished with different states {outcome['done']}; replicas diverged")
+        return digests.pop()
+
+    def _parse(self, line: str, attempt: int, rank: int) -> dict | None:
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
             logger.debug("%s: ignoring a non-event line: %s", self.label, line.rstrip())
             return None
-        event["attempt"] = attempt
-        event["strategy"] = self.label
+        event.update(attempt=attempt, strategy=self.label, rank=rank)
         return event
 
     def _start_recovery(self, outcome: dict) -> Recovery:
-        steps = [event["step"] for event in outcome["events"] if event["event"] == "step"]
+        steps = [e["step"] for e in outcome["events"] if e["event"] == "step" and e["rank"] == self.fault.rank]
         recovery = Recovery(fault=self.fault.kind, strategy=self.label, fault_step=max(steps, default=0), resumed_step=0)
         recovery.detect_s = outcome["exit_t"] - outcome["kill_t"]
-        recovery._exit_t = outcome["exit_t"]
+        recovery._exit_t = outcome["exit_t"]  # restart_s counts from here: stopping the other ranks, relaunching
         return recovery
 
     def _finish_recovery(self, recovery: Recovery, events: list[dict]) -> None:
-        """Fill restart, load and recompute from the events of the process that recovered."""
+        """Fill restart, load and recompute from rank 0's events in the process that recovered."""
         if recovery.total_s:
             return
+        events = [event for event in events if event["rank"] == 0]
         ready = next((e for e in events if e["event"] == "ready"), None)
         restored = next((e for e in events if e["event"] == "restored"), None)
         caught_up = next((e for e in events if e["event"] == "step" and e["step"] >= recovery.fault_step), None)
@@ -168,9 +221,27 @@ class Supervisor:
         recovery.recompute_s = caught_up["t"] - loaded_t
         recovery.total_s = recovery.detect_s + recovery.restart_s + recovery.load_s + recovery.recompute_s
 
-    def _failure_message(self, outcome: dict, attempt: int) -> str:
+    def _failure_message(self, outcome: dict) -> str:
         errors = [event for event in outcome["events"] if event["event"] == "error"]
         if errors:
             return errors[-1]["message"]
         tail = Path(outcome["log"]).read_text().strip().splitlines()[-1:] or ["no output"]
         return f"{self.label}: training process exited with status {outcome['returncode']} ({tail[0]}); log: {outcome['log']}"
+
+
+def _pump(rank: int, child: subprocess.Popen, lines: queue.Queue) -> None:
+    for line in child.stdout:
+        lines.put((rank, line))
+    lines.put((rank, None))
+
+
+def _free_ports(count: int) -> list[int]:
+    """Return ``count`` TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from functools import partial
 
 import xxhash
 
-from strategies import CheckpointError, CheckpointOptions, Checkpointer
+from strategies import CheckpointError, CheckpointOptions, Checkpointer, mlx_distributed
 from strategies.tree import flatten
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class TrainSpec:
     checkpoint_dir: str | None = None
     checkpoint: dict = dataclasses.field(default_factory=dict)  # CheckpointOptions settings
     measure_load: bool = True
+    world_size: int = 1  # data-parallel processes; above 1 the ring backend connects them
+    run_id: str | None = None  # shared by every attempt of a run, so retention counts their steps
 
     @classmethod
     def from_file(cls, path: str) -> "TrainSpec":
@@ -43,8 +46,11 @@ class TrainSpec:
             return cls(**json.load(handle))
 
 
+RANK = int(os.environ.get("MLX_RANK", "0"))
+
+
 def emit(event: str, **fields) -> None:
-    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+    print(json.dumps({"event": event, "t": time.monotonic(), "rank": RANK, **fields}), flush=True)
 
 
 def state_digest(state) -> str:
@@ -58,7 +64,12 @@ def state_digest(state) -> str:
 
 
 class Trainer:
-    """The model, optimizer, RNG and data of one run, with a compiled train step."""
+    """The model, optimizer, RNG and data of one run, with a compiled train step.
+
+    With several processes, every rank holds the full replica, trains on its rows of
+    the global batch and averages gradients with ``all_sum``. Every rank seeds the RNG
+    alike, so one RNG key in the checkpoint restores them all.
+    """
 
     def __init__(self, spec: TrainSpec) -> None:
         import mlx.core as mx
@@ -69,6 +80,9 @@ class Trainer:
 
         work = spec.workload
         self.spec = spec
+        self.group = mx.distributed.init(backend="ring", strict=True) if spec.world_size > 1 else None
+        if self.group is not None and self.group.size() != spec.world_size:
+            raise ValueError(f"the ring backend formed {self.group.size()} ranks, the run expects {spec.world_size}")
         self.config = ModelConfig(**{k: work[k] for k in ("d_model", "n_layers", "n_heads", "context", "dropout")})
         self.corpus = stdlib_corpus(int(work["corpus_bytes"]))
         mx.random.seed(spec.seed)
@@ -120,13 +134,19 @@ class Trainer:
         import mlx.core as mx
         import mlx.nn as nn
 
+        from mlx.utils import tree_map
+
         from flashbench.workload.model import loss_fn
 
         model, optimizer = self.model, self.optimizer
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
+        group = self.group
+
         def train_step(inputs, targets):
             loss, grads = loss_and_grad(model, inputs, targets)
+            if group is not None:
+                grads = tree_map(lambda grad: mx.distributed.all_sum(grad, group=group) / group.size(), grads)
             optimizer.update(model, grads)
             return loss
 
@@ -141,6 +161,10 @@ class Trainer:
         step = self.step + 1
         work = self.spec.workload
         inputs, targets = self.corpus.batch(self.spec.seed, step, int(work["batch_size"]), self.config.context)
+        if self.group is not None:
+            rows = len(inputs) // self.group.size()
+            mine = slice(self.group.rank() * rows, (self.group.rank() + 1) * rows)
+            inputs, targets = inputs[mine], targets[mine]
         loss = self._train_step(mx.array(inputs), mx.array(targets))
         mx.eval(loss, self.model.parameters(), self.optimizer.state, mx.random.state[0])
         self.step = step
@@ -149,13 +173,13 @@ class Trainer:
 
 def run(spec: TrainSpec) -> None:
     trainer = Trainer(spec)
-    checkpointer = _open_checkpointer(spec)
+    checkpointer = _open_checkpointer(spec, trainer.group)
     emit("ready", parameters=trainer.parameters, state_bytes=_state_bytes(trainer.state()))
 
     if checkpointer is not None and checkpointer.latest_step() is not None:
         restored = checkpointer.restore(target="mlx")
         trainer.load(restored.state, restored.metadata, restored.step)
-        emit("restored", step=restored.step, record=restored.record.as_row())
+        emit("restored", step=restored.step, record=restored.record.as_row(), digest=state_digest(restored.state))
     trainer.compile()
 
     pending = []
@@ -195,11 +219,12 @@ def _emit_committed(pending):
     return remaining
 
 
-def _open_checkpointer(spec: TrainSpec) -> Checkpointer | None:
+def _open_checkpointer(spec: TrainSpec, group) -> Checkpointer | None:
     if not spec.strategy or not spec.interval:
         return None
-    options = CheckpointOptions.from_name(spec.strategy, **spec.checkpoint)
-    return Checkpointer(spec.checkpoint_dir, options)
+    options = CheckpointOptions.from_name(spec.strategy, run_id=spec.run_id, **spec.checkpoint)
+    ranks = mlx_distributed(group) if group is not None else {}
+    return Checkpointer(spec.checkpoint_dir, options, **ranks)
 
 
 def _state_bytes(state) -> int:

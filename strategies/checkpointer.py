@@ -91,7 +91,9 @@ class Checkpointer:
         self._writer.raise_pending()
         step = _check_step(step)
         metadata = _check_metadata(metadata)
-        if step in self._committed():
+        # Only rank 0 checks here: it may commit this very save before another rank gets
+        # here. Every rank that writes checks again before writing (persist.write_step).
+        if self.rank == 0 and step in self._committed():
             raise CheckpointError(
                 f"step {step} is already committed in {self.storage.root}: committed steps are never overwritten; "
                 "save under a new step number or use a new directory"
@@ -118,16 +120,20 @@ class Checkpointer:
         """Copy the state off the live arrays (async, or delta which keeps a base) and agree on a save nonce."""
         nonce = self._agree_nonce()
         snapshot_started = time.perf_counter()
-        copy = self.options.writer == Writer.ASYNC or self._codec.uses_base
-        structure, leaves = flatten(state, copy=copy)
+        structure, leaves = flatten(state, copy=False)
+        pieces = self._layout.plan(leaves, self.rank, self.world_size)
+        if self.options.writer == Writer.ASYNC or self._codec.uses_base:
+            pieces = [piece.stage() for piece in pieces]  # copy only the bytes this rank writes
+            for leaf in leaves:
+                leaf.release()  # the manifest needs the description, not the live buffer
         record.snapshot_s = time.perf_counter() - snapshot_started
-        record.bytes_state = sum(leaf.nbytes for leaf in leaves)
+        record.bytes_state = sum(piece.nbytes for piece in pieces)
 
-        full = self._base is None or self._saves % self.options.delta_full_every == 0
+        full = self._saves % self.options.delta_full_every == 0
         self._saves += 1
         return persist.SaveJob(
-            step=step, structure=structure, leaves=leaves, metadata=metadata, run_id=self.run_id, nonce=nonce,
-            rank=self.rank, world_size=self.world_size, base=None if full else self._base,
+            step=step, structure=structure, leaves=leaves, pieces=pieces, metadata=metadata, run_id=self.run_id, nonce=nonce,
+            rank=self.rank, world_size=self.world_size, full=full,
         )
 
     def _agree_nonce(self) -> int:
@@ -137,6 +143,9 @@ class Checkpointer:
         return value
 
     def _persist(self, job: persist.SaveJob, record: SaveRecord, started: float) -> None:
+        # The base is chosen here, on the writer, where every earlier save of this
+        # process has finished: it is the newest one this rank wrote successfully.
+        job.base = None if job.full else self._base
         pieces = persist.write_step(self.storage, job, self._codec, self._layout, record, self.options.commit_timeout_s)
         if self._codec.uses_base:
             # NOTE: on ranks other than 0 the base is this rank's last written save, which

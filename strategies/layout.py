@@ -24,9 +24,20 @@ class Piece:
     leaf: HostArray
     start: int
     stop: int
+    staged: memoryview | None = None  # a private copy of the bytes, taken by the snapshot
 
     def raw(self) -> memoryview:
+        if self.staged is not None:
+            return self.staged
         return self.leaf.buffer()[self.start : self.stop]
+
+    def stage(self) -> "Piece":
+        """Return this piece with its bytes copied, so later updates of the live array cannot reach it."""
+        return dataclasses.replace(self, staged=memoryview(bytes(self.raw())))
+
+    @property
+    def nbytes(self) -> int:
+        return self.stop - self.start
 
 
 class Layout(typing.Protocol):
@@ -78,7 +89,7 @@ class ParallelLayout:
 
 def _align(position: int, leaf: HostArray) -> int:
     """Round a byte position inside ``leaf`` down to an element boundary."""
-    itemsize = leaf.data.dtype.itemsize or 1
+    itemsize = leaf.itemsize or 1
     return max(0, min(leaf.nbytes, position - position % itemsize))
 
 

@@ -38,7 +38,8 @@ class FsspecStorage:
     ``memory://prefix``; ``storage_options`` go to the fsspec filesystem (for s3fs:
     ``key``, ``secret``, ``endpoint_url``, ``client_kwargs`` and so on).
 
-    Listings are read fresh on every call, because another process may have
+    ``fs`` is the fsspec filesystem. Listings and object metadata are read fresh on
+    every call, not from fsspec's listing cache, because another process may have
     committed a step since this one last listed the root.
     """
 
@@ -111,10 +112,11 @@ class FsspecStorage:
     def write_file(self, path: str, chunks: typing.Iterable[bytes | memoryview]) -> int:
         """Stream ``chunks`` into a new object and return the bytes written.
 
-        The object is published under ``path`` only after the last chunk: s3fs uploads
-        the parts of a multipart upload as its buffer fills, and completes the upload at
-        the end. If a chunk or an upload fails, the upload is aborted, so no partial object
-        and no unfinished multipart upload is left behind.
+        s3fs uploads a part of a multipart upload each time its buffer fills (its
+        ``default_block_size``, 50 MiB unless set), and completes the upload after the
+        last chunk, so the object appears whole or not at all. If a chunk or an upload
+        fails, the upload is aborted and no unfinished multipart upload is left behind.
+        fsspec's memory filesystem, unlike s3fs, shows the object while it is written.
         """
         written = 0
         try:
@@ -141,7 +143,7 @@ class FsspecStorage:
             handle.discard()
         except _backend_errors() as error:
             logger.warning(
-                "aborting the failed upload of %s/%s failed: %s; an unfinished multipart upload may remain "
+                "aborting the failed upload of %s/%s failed (%s), so an unfinished multipart upload may remain "
                 "until a bucket lifecycle rule removes it",
                 self.root, path, error,
             )
@@ -152,7 +154,7 @@ class FsspecStorage:
         A single PUT is atomic on S3 and GCS.
         """
         # NOTE: on file:// and other filesystems with real files, fsspec writes in place,
-        # so a crash can leave a partial file; LocalStorage is the crash-safe choice there.
+        # so a crash can leave a partial file. LocalStorage is the crash-safe choice there.
         try:
             self.fs.pipe_file(self._full(path), data)
         except _backend_errors() as error:
@@ -170,6 +172,9 @@ class FsspecStorage:
 
     def read_file(self, path: str) -> bytes:
         """Return the bytes of the object ``path``; raise ``FileNotFoundError`` if it is missing."""
+        # s3fs takes the size from its listing cache when it has one, and a stale size
+        # would cut short an object that another client has replaced.
+        self._invalidate(path)
         try:
             return self.fs.cat_file(self._full(path))
         except FileNotFoundError:
@@ -214,7 +219,7 @@ class FsspecStorage:
         self.fs.invalidate_cache(full.rpartition("/")[0])
 
     def _error(self, operation: str, path: str, error: BaseException) -> StorageError:
-        # EIO stands in for backend errors that carry no errno, such as botocore's.
+        # Backend errors that carry no errno, such as botocore's, get EIO.
         return StorageError(
             getattr(error, "errno", None) or errno.EIO,
             f"{operation} {self.root}/{path} failed ({_describe(error)}): {_hint(error)}",
@@ -272,9 +277,17 @@ def _hint(error: BaseException) -> str:
         return "check that the bucket exists and that the URL names it right"
     if isinstance(error, PermissionError):
         return "check that the credentials may read, write, list and delete under this prefix"
-    if type(error).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+    if _is_credentials_error(error):
         return "pass key and secret as storage options or set the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables"
     return "check the credentials, the bucket name, the endpoint and the network, then try again"
+
+
+def _is_credentials_error(error: BaseException) -> bool:
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return False
+    return isinstance(error, (NoCredentialsError, PartialCredentialsError))
 
 
 def _redact_password(url: str) -> str:

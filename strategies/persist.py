@@ -43,18 +43,22 @@ class SaveJob:
 
     step: int
     structure: object
-    leaves: list[HostArray]
+    leaves: list[HostArray]  # every array of the state; rank 0 describes them in the manifest
+    pieces: list[Piece]  # the bytes this rank writes
     metadata: dict
     run_id: str
     nonce: int  # identical on every rank for one save; tells this save's indexes from stale ones
     rank: int = 0
     world_size: int = 1
+    full: bool = True  # False: a delta codec may encode against ``base``
     base: Base | None = None
 
 
 def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, record: SaveRecord, timeout_s: float) -> list[Piece]:
     """Write this rank's pieces of ``job``; on rank 0 also commit the manifest. Return the pieces written."""
     directory = fmt.step_dir(job.step)
+    if job.rank != 0 and layout.name != "parallel":
+        return []  # the coordinator layout's other ranks write nothing
     try:
         return _write_and_commit(storage, directory, job, codec, layout, record, timeout_s)
     except OSError as error:
@@ -67,13 +71,15 @@ def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, rec
 
 def _write_and_commit(storage, directory, job: SaveJob, codec, layout, record, timeout_s) -> list[Piece]:
     _prepare_step_dir(storage, directory, job)
-    pieces = layout.plan(job.leaves, job.rank, job.world_size)
-    index = None
+    pieces = job.pieces
+    started = time.perf_counter()
     if pieces or job.rank == 0:
-        started = time.perf_counter()
         index = _write_shard(storage, directory, job, pieces, codec, record)
-        record.write_s = time.perf_counter() - started - record.encode_s
-        record.bytes_stored = index["length"]
+    else:
+        # A rank whose byte range holds no whole element still publishes an empty index.
+        index = {"rank": job.rank, "nonce": job.nonce, "shard": None, "length": 0, "checksum": None, "pieces": [], "base_step": None}
+    record.write_s = time.perf_counter() - started - record.encode_s
+    record.bytes_stored = index["length"]
 
     started = time.perf_counter()
     if job.world_size > 1 and layout.name == "parallel":
@@ -116,7 +122,7 @@ def _write_shard(storage, directory: str, job: SaveJob, pieces: list[Piece], cod
             started = time.perf_counter()
             raw = piece.raw()
             base = base_used.pieces[_piece_key(piece)] if base_used else None
-            encoded = codec.encode(raw, piece.leaf.data.dtype.itemsize, base)
+            encoded = codec.encode(raw, piece.leaf.itemsize, base)
             entry = {
                 "array": piece.leaf.name, "start": piece.start, "stop": piece.stop, "offset": offset,
                 "length": len(encoded), "checksum": fmt.checksum(encoded), "raw_checksum": fmt.checksum(raw),
@@ -162,7 +168,7 @@ def _wait_for_indexes(storage, directory: str, job: SaveJob, layout: Layout, tim
             if time.monotonic() > deadline:
                 missing = sorted(set(range(1, job.world_size)) - set(found))
                 raise CheckpointError(
-                    f"step {job.step}: ranks {missing} did not finish their shards within {timeout_s:.0f} s, so the step "
+                    f"step {job.step}: ranks {missing} did not finish their shards within {timeout_s:g} s, so the step "
                     "is not committed; check that every rank calls save() for this step, or raise commit_timeout_s"
                 )
             time.sleep(POLL_S)
@@ -210,7 +216,9 @@ def _build_manifest(storage, job: SaveJob, indexes: list[dict], codec: Codec, la
         "base_step": next(iter(base_steps), None),
         "tree": job.structure,
         "arrays": arrays,
-        "shards": {index["shard"]: {"length": index["length"], "checksum": index["checksum"]} for index in indexes},
+        "shards": {
+            index["shard"]: {"length": index["length"], "checksum": index["checksum"]} for index in indexes if index["shard"]
+        },
         "metadata": job.metadata,
     }
 

@@ -29,14 +29,22 @@ class HostArray:
     dtype: str  # dtype name as stored in the manifest (bfloat16 included)
     shape: tuple[int, ...]
     kind: str  # "mlx" or "numpy": the array type the restore gives back by default
-    data: np.ndarray  # C-contiguous; bfloat16 viewed as uint16
+    data: np.ndarray | None  # C-contiguous; bfloat16 viewed as uint16; None once released
+    nbytes: int = dataclasses.field(init=False)
+    itemsize: int = dataclasses.field(init=False)
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes)
+    def __post_init__(self) -> None:
+        self.nbytes = int(self.data.nbytes)
+        self.itemsize = int(self.data.dtype.itemsize)
 
     def buffer(self) -> memoryview:
+        if self.data is None:
+            raise RuntimeError(f"array {self.name!r} was released after its snapshot; read the staged pieces")
         return memoryview(self.data.reshape(-1).view(np.uint8))
+
+    def release(self) -> None:
+        """Drop the reference to the live data; the description (name, dtype, shape, size) stays."""
+        self.data = None
 
 
 def flatten(state, *, copy: bool) -> tuple[object, list[HostArray]]:
