@@ -6,7 +6,7 @@ import dataclasses
 
 from strategies import CheckpointOptions, ConfigError
 
-from flashbench.supervisor import FaultSpec
+from flashbench.faults import FaultSpec
 from flashbench.workload.model import ModelConfig
 
 WORKLOAD_KEYS = (
@@ -49,7 +49,7 @@ class ExperimentConfig:
             raise ConfigError(f"invalid train.steps {self.steps}: expected 1 or more")
         if self.interval < 1:
             raise ConfigError(f"invalid train.interval {self.interval}: expected a positive number of steps between checkpoints")
-        if self.fault.kind != "none" and self.fault.at_step >= self.steps:
+        if self.fault.kind in ("kill", "hang", "exception") and self.fault.at_step >= self.steps:
             raise ConfigError(
                 f"invalid fault.at_step {self.fault.at_step}: it must be below train.steps ({self.steps}) for the fault to happen"
             )
@@ -83,7 +83,7 @@ class ExperimentConfig:
                 checkpoint_dir=checkpoint.pop("dir", None),
                 checkpoint=checkpoint,
                 workload=dict(cfg["workload"]),
-                fault=_fault(fault),
+                fault=_fault(fault, int(cfg["train"]["steps"])),
                 cluster=dict(cfg["cluster"]),
                 blas=bool(cfg.get("blas", True)),
                 world_size=int(cfg["train"].get("world_size", 1)),
@@ -96,13 +96,12 @@ class ExperimentConfig:
             raise ConfigError(f"invalid config value: {error}") from None
 
 
-def _fault(fault: dict) -> FaultSpec:
+def _fault(fault: dict, steps: int) -> FaultSpec:
+    known = {field.name for field in dataclasses.fields(FaultSpec)}
+    unknown = sorted(set(fault) - known)
+    if unknown:
+        raise ConfigError(f"unknown fault setting {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
     try:
-        return FaultSpec(
-            kind=str(fault["kind"]),
-            at_step=int(fault.get("at_step", 0)),
-            max_restarts=int(fault.get("max_restarts", 3)),
-            rank=int(fault.get("rank", 0)),
-        )
+        return FaultSpec(**fault).resolve_step(steps)
     except ValueError as error:
         raise ConfigError(str(error)) from None

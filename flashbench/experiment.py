@@ -23,7 +23,8 @@ from strategies.storage import LocalStorage
 from flashbench import blas, profile
 from flashbench.config import ExperimentConfig
 from flashbench.progress import Progress
-from flashbench.supervisor import FaultSpec, Recovery, RunResult, Supervisor
+from flashbench.faults import FaultSpec
+from flashbench.supervisor import Recovery, RunResult, Supervisor
 from flashbench.train import TrainSpec
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def train_spec(config: ExperimentConfig, strategy: str | None, checkpoint_root: 
         checkpoint=config.checkpoint,
         world_size=config.world_size,
         run_id=f"{checkpoint_root.name}-{strategy}" if strategy else None,
+        fault=config.fault.child_part() if strategy else {},
     )
 
 
@@ -79,7 +81,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path) -> dict:
     logger.info("matmul: MLX %.1f GFLOP/s, NumPy %.1f GFLOP/s", machine["matmul_gflops_mlx"], machine["matmul_gflops_numpy"])
 
     progress.start("reference (no checkpoints)")
-    reference = Supervisor(train_spec(config, None, checkpoint_root), FaultSpec(), logs, env, progress.event).run()
+    quiet = FaultSpec(heartbeat_s=config.fault.heartbeat_s, hang_timeout_s=config.fault.hang_timeout_s)
+    reference = Supervisor(train_spec(config, None, checkpoint_root), quiet, logs, env, progress.event).run()
     progress.finish(f"reference: {config.steps} steps in {reference.wall_s:.1f} s")
 
     results: dict[str, RunResult] = {}

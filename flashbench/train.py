@@ -14,14 +14,23 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from functools import partial
 
 import xxhash
 
-from strategies import CheckpointError, CheckpointOptions, Checkpointer, mlx_distributed
+from strategies import (
+    BackgroundSaveError,
+    CheckpointError,
+    CheckpointOptions,
+    Checkpointer,
+    StorageError,
+    mlx_distributed,
+)
 from strategies.tree import flatten
 
+from flashbench.faults import FaultSpec, FaultyStorage, InjectedFault, first_attempt
 logger = logging.getLogger(__name__)
 
 
@@ -38,6 +47,7 @@ class TrainSpec:
     checkpoint: dict = dataclasses.field(default_factory=dict)  # CheckpointOptions settings
     measure_load: bool = True
     world_size: int = 1  # data-parallel processes; above 1 the ring backend connects them
+    fault: dict = dataclasses.field(default_factory=dict)  # FaultSpec settings for faults injected in-process
     run_id: str | None = None  # shared by every attempt of a run, so retention counts their steps
 
     @classmethod
@@ -47,10 +57,30 @@ class TrainSpec:
 
 
 RANK = int(os.environ.get("MLX_RANK", "0"))
+_EMIT_LOCK = threading.Lock()
 
 
 def emit(event: str, **fields) -> None:
-    print(json.dumps({"event": event, "t": time.monotonic(), "rank": RANK, **fields}), flush=True)
+    line = json.dumps({"event": event, "t": time.monotonic(), "rank": RANK, **fields})
+    with _EMIT_LOCK:
+        print(line, flush=True)
+
+
+class Heartbeat:
+    """Reports the current step every ``interval_s`` from a daemon thread until stopped."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.step = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="flashbench-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            emit("heartbeat", step=self.step)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def state_digest(state) -> str:
@@ -172,8 +202,11 @@ class Trainer:
 
 
 def run(spec: TrainSpec) -> None:
+    fault = FaultSpec(**spec.fault) if spec.fault else FaultSpec()
+    in_process_fault = fault if first_attempt() and fault.rank == RANK else FaultSpec()
+    heartbeat = Heartbeat(fault.heartbeat_s)
     trainer = Trainer(spec)
-    checkpointer = _open_checkpointer(spec, trainer.group)
+    checkpointer = _open_checkpointer(spec, trainer.group, in_process_fault)
     emit("ready", parameters=trainer.parameters, state_bytes=_state_bytes(trainer.state()))
 
     if checkpointer is not None and checkpointer.latest_step() is not None:
@@ -184,9 +217,11 @@ def run(spec: TrainSpec) -> None:
 
     pending = []
     while trainer.step < spec.steps:
+        _inject_step_fault(in_process_fault, trainer.step + 1, heartbeat)
         in_flight = any(not handle.done() for handle in pending)
         started = time.perf_counter()
         loss = trainer.train_one()
+        heartbeat.step = trainer.step
         step_s = time.perf_counter() - started
         stall_s = 0.0
         if checkpointer is not None and trainer.step % spec.interval == 0:
@@ -196,6 +231,19 @@ def run(spec: TrainSpec) -> None:
         emit("step", step=trainer.step, loss=loss, step_s=step_s, stall_s=stall_s, in_flight=in_flight)
 
     _finish(spec, trainer, checkpointer, pending)
+    heartbeat.stop()
+
+
+def _inject_step_fault(fault: FaultSpec, step: int, heartbeat: Heartbeat) -> None:
+    if step != fault.at_step:
+        return
+    if fault.kind == "exception":
+        raise InjectedFault(f"injected fault: the training step raised at step {step}")
+    if fault.kind == "hang":
+        logger.warning("fault: hanging at step %d without exiting", step)
+        heartbeat.stop()
+        while True:
+            time.sleep(3600)
 
 
 def _finish(spec: TrainSpec, trainer: Trainer, checkpointer, pending) -> None:
@@ -219,12 +267,13 @@ def _emit_committed(pending):
     return remaining
 
 
-def _open_checkpointer(spec: TrainSpec, group) -> Checkpointer | None:
+def _open_checkpointer(spec: TrainSpec, group, fault: FaultSpec) -> Checkpointer | None:
     if not spec.strategy or not spec.interval:
         return None
     options = CheckpointOptions.from_name(spec.strategy, run_id=spec.run_id, **spec.checkpoint)
     ranks = mlx_distributed(group) if group is not None else {}
-    return Checkpointer(spec.checkpoint_dir, options, **ranks)
+    storage = FaultyStorage(spec.checkpoint_dir, fault) if fault.kind in ("kill_during_save", "storage") else spec.checkpoint_dir
+    return Checkpointer(storage, options, **ranks)
 
 
 def _state_bytes(state) -> int:
@@ -239,10 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(TrainSpec.from_file(argv[0]))
-    except (CheckpointError, ValueError, OSError) as error:
-        emit("error", message=str(error), kind=type(error).__name__)
+    except (CheckpointError, ValueError, OSError, RuntimeError) as error:
+        emit("error", message=str(error), kind=type(error).__name__, retryable=_retryable(error))
         return 3
     return 0
+
+
+def _retryable(error: Exception) -> bool:
+    """Return whether a restart can help: faults and storage errors yes, bad input no."""
+    if isinstance(error, (BackgroundSaveError, StorageError, InjectedFault)):
+        return True
+    return not isinstance(error, (CheckpointError, ValueError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 from strategies.checkpointer import Checkpointer
 from strategies.errors import CheckpointError
-from strategies.storage import LocalStorage
+from strategies.objectstore import open_storage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def _verify(checkpointer: Checkpointer, steps: list[int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    storage = LocalStorage(args.directory)
+    storage = open_storage(args.directory)
     if not storage.exists(""):
         print(f"strategies: error: directory {args.directory!r} does not exist: check the path", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ from strategies.errors import CheckpointError, ConfigError, CorruptCheckpointErr
 from strategies.layout import make_layout
 from strategies.options import CheckpointOptions, Layout, Writer
 from strategies.records import LoadRecord, SaveRecord
-from strategies.storage import LocalStorage, Storage
+from strategies.objectstore import open_storage
+from strategies.storage import Storage
 from strategies.tree import flatten
 from strategies.writers import AsyncWriter, SaveHandle, SyncWriter
 
@@ -60,7 +61,7 @@ class Checkpointer:
         read_only: bool = False,
     ) -> None:
         self.options = options or CheckpointOptions()
-        self.storage = directory if hasattr(directory, "is_committed") else LocalStorage(directory)
+        self.storage = open_storage(directory)
         self.rank, self.world_size = _check_ranks(rank, world_size)
         if world_size > 1 and self.options.layout == Layout.PARALLEL and broadcast is None:
             raise ConfigError(

@@ -4,7 +4,8 @@ import pytest
 
 from strategies import Checkpointer
 
-from flashbench.supervisor import FaultSpec, Supervisor
+from flashbench.faults import FaultSpec
+from flashbench.supervisor import Supervisor
 from flashbench.train import TrainSpec, state_digest
 
 STEPS, INTERVAL, KILL_AT = 10, 3, 7

@@ -2,7 +2,8 @@
 
 import pytest
 
-from flashbench.supervisor import FaultSpec, Supervisor
+from flashbench.faults import FaultSpec
+from flashbench.supervisor import Supervisor
 from flashbench.train import TrainSpec
 
 STRATEGIES = ["sync_raw", "sync_zstd", "async_raw", "async_zstd"]
