@@ -211,12 +211,28 @@ class Checkpointer:
                 logger.warning("step %d failed verification, trying an older step: %s", step, error)
                 skipped.append(step)
                 continue
+            self._uncommit_corrupt(skipped)
             restored.record.skipped_steps = tuple(skipped)
             return restored
         raise CorruptCheckpointError(
             f"every committed step in {self.storage.root} failed verification ({', '.join(map(str, skipped))}): "
             "no usable checkpoint remains; see the log for the cause of each"
         )
+
+    def _uncommit_corrupt(self, steps: list[int]) -> None:
+        """Uncommit steps newer than the restored one that failed verification.
+
+        Training resumes from the older step and will save these step numbers again;
+        committed steps are never overwritten, so the corrupt ones step aside. Only rank 0
+        does this, and only a writable Checkpointer; the files stay for inspection.
+        """
+        if self.read_only or self.rank != 0:
+            return
+        committed = self._committed()
+        for step in steps:
+            if step in committed:
+                logger.warning("uncommitting corrupt step %d in %s; its files stay for inspection", step, self.storage.root)
+                self.storage.uncommit(committed[step])
 
     def _restore_step(self, step: int, target: str) -> Restored:
         committed = self._committed()

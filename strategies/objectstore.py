@@ -192,6 +192,15 @@ class FsspecStorage:
         except _backend_errors() as error:
             raise self._error("reading the size of", path, error) from error
 
+    def uncommit(self, directory: str) -> None:
+        """Delete the ``COMMITTED`` marker of ``directory``; its other objects stay for inspection."""
+        try:
+            self._remove_if_present(f"{directory}/{COMMITTED}", recursive=False)
+        except _backend_errors() as error:
+            raise self._error("uncommitting", directory, error) from error
+        finally:
+            self._invalidate(directory)
+
     def remove_tree(self, path: str) -> None:
         """Delete every object under ``path``, the ``COMMITTED`` marker first.
 

@@ -44,6 +44,10 @@ class Storage(typing.Protocol):
 
     def is_committed(self, directory: str) -> bool: ...
 
+    def uncommit(self, directory: str) -> None:
+        """Make a committed step uncommitted again, keeping its files for inspection."""
+        ...
+
 
 MANIFEST = "manifest.json"
 
@@ -122,6 +126,11 @@ class LocalStorage:
 
     def is_committed(self, directory: str) -> bool:
         return self._path(f"{directory}/{MANIFEST}").is_file()
+
+    def uncommit(self, directory: str) -> None:
+        manifest = self._path(f"{directory}/{MANIFEST}")
+        os.replace(manifest, manifest.with_name(f"{MANIFEST}.corrupt-{uuid.uuid4().hex[:8]}"))
+        self.fsync_dir(directory)
 
     def fsync_dir(self, path: str) -> None:
         descriptor = os.open(self._path("" if path == "." else path), os.O_RDONLY | os.O_DIRECTORY)

@@ -73,9 +73,22 @@ def test_flipped_byte_fallback_logged(saved, caplog):
         checkpointer.restore()
 
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert len(warnings) == 1
+    assert len(warnings) == 2
     assert "step 2" in warnings[0]
     assert SHARD in warnings[0]
+    assert "uncommitting corrupt step 2" in warnings[1]
+
+
+def test_fallback_uncommits_corrupt_step(saved):
+    checkpointer, directory = saved
+    flip_byte(shard_path(directory, 2), 20)
+
+    checkpointer.restore()
+
+    assert checkpointer.steps() == [1]
+    assert list((directory / "step_00000002").glob("manifest.json.corrupt-*"))
+    checkpointer.save(state_for(2), step=2).wait()
+    assert checkpointer.restore().step == 2
 
 
 def test_flipped_byte_named_step(saved):
