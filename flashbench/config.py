@@ -30,6 +30,7 @@ class ExperimentConfig:
     cluster: dict
     blas: bool = True
     world_size: int = 1  # data-parallel training processes per run
+    profile: str | None = None  # a profile.json to project instead of measuring a new one
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -87,6 +88,7 @@ class ExperimentConfig:
                 cluster=dict(cfg["cluster"]),
                 blas=bool(cfg.get("blas", True)),
                 world_size=int(cfg["train"].get("world_size", 1)),
+                profile=cfg.get("profile"),
             )
         except KeyError as error:
             raise ConfigError(f"the config lacks the key {error}: compare it with conf/config.yaml") from None

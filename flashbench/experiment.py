@@ -42,7 +42,7 @@ def measure_machine(env: dict[str, str]) -> dict:
     """Run the matmul benchmark in a child with the training environment."""
     completed = subprocess.run(
         [sys.executable, "-m", "flashbench.blas"], env=env, capture_output=True, text=True, check=True, timeout=600
-    )
+    )  # env already carries the fast BLAS, so the child measures in place
     machine = json.loads(completed.stdout)
     machine.update(platform=f"{platform.system()}-{platform.machine()}", cpu_count=os.cpu_count(), python=platform.python_version())
     return machine

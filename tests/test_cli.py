@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -127,3 +128,21 @@ def test_corrupt_manifest_is_one_line(tmp_path):
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 1
     assert "manifest.json is not valid JSON" in lines[0]
+
+
+def test_saved_profile_projects_without_training(tmp_path):
+    profile = Path(__file__).parent / "data" / "profile_example.json"
+    completed = flashbench(
+        f"profile={profile}", "cluster.replications=2", "cluster.horizon_days=5", "cluster.device_counts=[8]",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert not (tmp_path / "run" / "costs.csv").exists()  # nothing was measured
+    projection = pd.read_csv(tmp_path / "run" / "projection.csv")
+    assert sorted(set(projection.strategy)) == ["async_raw", "async_zstd", "sync_raw", "sync_zstd"]
+
+
+def test_missing_profile_is_one_line(tmp_path):
+    completed = flashbench(f"profile={tmp_path / 'nope.json'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert_one_line_error(completed, "nope.json", "does not exist")
