@@ -36,8 +36,15 @@ def checksum(data) -> str:
 
 
 def encode_manifest(manifest: dict) -> bytes:
+    """Serialize ``manifest`` with a checksum of its own content, so any change to it is detected."""
+    manifest = {key: value for key, value in manifest.items() if key != "checksum"}
+    manifest["checksum"] = _manifest_checksum(manifest)
     # Insertion order is kept: the tree's dict order is part of the state's structure.
     return json.dumps(manifest, indent=1).encode()
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    return checksum(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
 
 
 def decode_manifest(data: bytes, where: str) -> dict:
@@ -49,6 +56,14 @@ def decode_manifest(data: bytes, where: str) -> dict:
             f"manifest {where} is not valid JSON ({error}): the checkpoint is corrupt; "
             "restore an older step or delete this step directory"
         ) from error
+    if isinstance(manifest, dict) and "checksum" in manifest:
+        content = {key: value for key, value in manifest.items() if key != "checksum"}
+        found = _manifest_checksum(content)
+        if found != manifest["checksum"]:
+            raise CorruptCheckpointError(
+                f"manifest {where} failed its checksum: expected {manifest['checksum']}, found {found}; "
+                "restore an older step or delete this step directory"
+            )
     _validate_manifest(manifest, where)
     return manifest
 
@@ -61,7 +76,7 @@ def _validate_manifest(manifest, where: str) -> None:
             f"manifest {where} has format version {manifest.get('version')!r}, "
             f"this library reads version {FORMAT_VERSION}: upgrade strategies or restore another step"
         )
-    missing = [key for key in ("step", "tree", "arrays", "shards", "codec", "metadata") if key not in manifest]
+    missing = [key for key in ("step", "tree", "arrays", "shards", "codec", "metadata", "checksum") if key not in manifest]
     if missing:
         raise CorruptCheckpointError(f"manifest {where} lacks {', '.join(missing)}: restore another step")
     for key, kind in (("arrays", dict), ("shards", dict), ("metadata", dict), ("codec", dict)):

@@ -93,14 +93,24 @@ class LocalStorage:
         return self._path(path).exists()
 
     def makedirs(self, path: str) -> None:
-        target = self._path(path)
-        target.mkdir(parents=True, exist_ok=True)
+        if self._path(path).is_dir():
+            return
+        self._make_dir(self._path(path))
         self.fsync_dir(str(Path(path).parent) if Path(path).parent != Path(".") else "")
 
     def write_file(self, path: str, chunks: typing.Iterable[bytes | memoryview]) -> int:
         """Write ``chunks`` to a new file and fsync it; return the bytes written."""
+        return self._write_and_sync(self._path(path), chunks)
+
+    # The primitives below are the only calls that change the filesystem, so a subclass
+    # can journal them (the power-cut simulation does).
+
+    def _make_dir(self, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+
+    def _write_and_sync(self, target: Path, chunks) -> int:
         written = 0
-        with open(self._path(path), "wb") as handle:
+        with open(target, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
                 written += len(chunk)
@@ -108,14 +118,20 @@ class LocalStorage:
             os.fsync(handle.fileno())
         return written
 
+    def _rename(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def _remove_tree(self, target: Path) -> None:
+        shutil.rmtree(target)
+
     def write_atomic(self, path: str, data: bytes) -> None:
         """Write ``data`` under a temporary name, fsync it, rename it into place, fsync the directory."""
         target = self._path(path)
         temporary = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex}")
         self.fsync_dir(str(Path(path).parent))
         try:
-            self.write_file(str(temporary.relative_to(self._root)), [data])
-            os.replace(temporary, target)
+            self._write_and_sync(temporary, [data])
+            self._rename(temporary, target)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -129,7 +145,7 @@ class LocalStorage:
 
     def uncommit(self, directory: str) -> None:
         manifest = self._path(f"{directory}/{MANIFEST}")
-        os.replace(manifest, manifest.with_name(f"{MANIFEST}.corrupt-{uuid.uuid4().hex[:8]}"))
+        self._rename(manifest, manifest.with_name(f"{MANIFEST}.corrupt-{uuid.uuid4().hex[:8]}"))
         self.fsync_dir(directory)
 
     def fsync_dir(self, path: str) -> None:
@@ -151,5 +167,5 @@ class LocalStorage:
         return self._path(path).stat().st_size
 
     def remove_tree(self, path: str) -> None:
-        shutil.rmtree(self._path(path), ignore_errors=False)
+        self._remove_tree(self._path(path))
         self.fsync_dir(str(Path(path).parent))

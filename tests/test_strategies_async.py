@@ -24,12 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 class FailingStorage(LocalStorage):
     """Local storage that raises EIO on the shard writes of the steps in ``failing_steps``."""
 
-    def __init__(self, root, failing_steps) -> None:
+    def __init__(self, root, failing_steps, delay_s: float = 0.0) -> None:
         super().__init__(root)
         self.failing_steps = set(failing_steps)
+        self.delay_s = delay_s
 
     def write_file(self, path, chunks):
         if any(path.startswith(f"step_{step:08d}/") for step in self.failing_steps):
+            time.sleep(self.delay_s)
             raise OSError(errno.EIO, "Input/output error (injected)", path)
         return super().write_file(path, chunks)
 
@@ -140,7 +142,8 @@ def test_async_error_on_close(tmp_path):
 
 
 def test_async_second_error_not_lost(tmp_path):
-    storage = FailingStorage(tmp_path / "ckpt", failing_steps=[1, 2])
+    # Step 1 fails only after a delay, so save(2) is made while step 1 is still in flight.
+    storage = FailingStorage(tmp_path / "ckpt", failing_steps=[1, 2], delay_s=0.5)
     checkpointer = Checkpointer(storage, CheckpointOptions.from_name("async_raw", max_in_flight=2))
     checkpointer.save(state_for(1), step=1)
     handle = checkpointer.save(state_for(2), step=2)

@@ -40,11 +40,10 @@ CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             super().write_atomic(path, data)
 
-        def write_file(self, path, chunks):
-            written = super().write_file(path, chunks)
-            if self.armed and kill_point == "manifest_rename" and ".tmp-" in path:
+        def _rename(self, source, target):
+            if self.armed and kill_point == "manifest_rename" and target.name == "manifest.json":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return written
+            super()._rename(source, target)
 
 
     storage = KillingStorage(directory)

@@ -7,6 +7,7 @@ import pytest
 import xxhash
 
 from strategies import Checkpointer, CheckpointOptions, CorruptCheckpointError
+from strategies.format import encode_manifest
 
 SHARD = "shard_00000.bin"
 
@@ -39,7 +40,20 @@ def read_manifest(directory, step: int) -> dict:
 
 
 def write_manifest(directory, step: int, manifest: dict) -> None:
-    manifest_path(directory, step).write_text(json.dumps(manifest))
+    # Re-sealed with a valid manifest checksum, so the checks behind it are reached.
+    manifest_path(directory, step).write_bytes(encode_manifest(manifest))
+
+
+def test_manifest_edit_caught_by_checksum(saved):
+    checkpointer, directory = saved
+    manifest = read_manifest(directory, 2)
+    manifest["metadata"]["saved"] = 99
+    manifest_path(directory, 2).write_text(json.dumps(manifest))
+
+    with pytest.raises(CorruptCheckpointError) as raised:
+        checkpointer.restore(step=2)
+
+    assert "manifest.json failed its checksum" in str(raised.value)
 
 
 def flip_byte(path, offset: int) -> None:
