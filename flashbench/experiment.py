@@ -118,7 +118,10 @@ def _write_measurements(config, run_dir: Path, machine: dict, reference: RunResu
 
     recoveries = [dataclasses.asdict(r) for result in results.values() for r in result.recoveries]
     columns = [field.name for field in dataclasses.fields(Recovery)]
-    pd.DataFrame(recoveries, columns=columns).to_csv(run_dir / "recovery.csv", index=False)
+    recovery_table = pd.DataFrame(recoveries, columns=columns)
+    recovery_table.to_csv(run_dir / "recovery.csv", index=False)
+    if not recovery_table.empty:
+        plot_recovery_breakdown(recovery_table, run_dir / "recovery_breakdown.png")
 
     runs = [
         {"strategy": name, "saves": len(r.of("save")), "kills": len(r.recoveries), "wall_s": r.wall_s,
@@ -132,3 +135,28 @@ def _write_measurements(config, run_dir: Path, machine: dict, reference: RunResu
     (run_dir / "profile.json").write_text(json.dumps(cost_profile, indent=1))
     return cost_profile
 
+
+
+RECOVERY_PARTS = ("detect_s", "restart_s", "load_s", "recompute_s")
+
+
+def plot_recovery_breakdown(recovery: pd.DataFrame, path: Path) -> None:
+    """Draw the measured recovery of each strategy as stacked bars of its parts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = recovery.groupby("strategy", sort=False)[list(RECOVERY_PARTS)].mean()
+    figure, axes = plt.subplots(figsize=(max(5, 1.4 * len(means)), 4))
+    bottom = pd.Series(0.0, index=means.index)
+    for part in RECOVERY_PARTS:
+        axes.bar(means.index, means[part], bottom=bottom, label=part.removesuffix("_s"))
+        bottom += means[part]
+    axes.set_ylabel("seconds (mean per fault)")
+    axes.set_title("Measured recovery after an injected fault, by part")
+    axes.legend()
+    axes.tick_params(axis="x", rotation=20)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -41,7 +41,7 @@ def test_default_strategies_write_every_output(tmp_path, child_env):
 
     run = tmp_path / "run"
     assert completed.stdout.strip().splitlines()[-1] == f"results: {run}"
-    for name in ("costs.csv", "recovery.csv", "profile.json", "projection.csv", "table.md", "recovery_vs_devices.png"):
+    for name in ("costs.csv", "recovery.csv", "profile.json", "projection.csv", "table.md", "recovery_vs_devices.png", "recovery_breakdown.png"):
         assert (run / name).is_file(), name
     assert (run / ".hydra" / "config.yaml").is_file()
 
