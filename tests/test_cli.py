@@ -68,7 +68,8 @@ def test_default_strategies_write_every_output(tmp_path, child_env):
 def test_multirun_sweeps_two_axes(tmp_path, child_env):
     sweep = tmp_path / "sweep"
     completed = flashbench(
-        "-m", "strategy=sync_raw,async_zstd", "cluster.devices=1200,4800", "fault=none", *FAST[:3],
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "strategy=sync_raw,async_zstd", "cluster.devices=1200,4800", "fault=none", *FAST[:3],
         "cluster.replications=2", "cluster.horizon_days=5", "cluster.device_counts=[8]",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=child_env,
     )
@@ -81,6 +82,15 @@ def test_multirun_sweeps_two_axes(tmp_path, child_env):
         seen.add((config["strategy"]["names"][0], config["cluster"]["devices"]))
         assert (job / "projection.csv").is_file()
     assert seen == {("sync_raw", 1200), ("sync_raw", 4800), ("async_zstd", 1200), ("async_zstd", 4800)}
+
+    collected = subprocess.run(
+        [sys.executable, "-m", "flashbench.collect", str(sweep)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert collected.returncode == 0, collected.stderr
+    table = pd.read_csv(sweep / "sweep_projection.csv")
+    assert table["job"].nunique() == 4
+    pairs = set(zip(table["override.strategy"], table["override.cluster.devices"]))
+    assert pairs == {("sync_raw", 1200), ("sync_raw", 4800), ("async_zstd", 1200), ("async_zstd", 4800)}
 
 
 def test_unknown_strategy_is_one_line(tmp_path):
