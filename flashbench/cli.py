@@ -29,7 +29,7 @@ def check_group_overrides(argv: list[str]) -> str | None:
     """
     for argument in argv:
         key, equals, value = argument.lstrip("+~").partition("=")
-        if not equals or key not in ("strategy", "workload", "fault", "cluster"):
+        if not equals or key not in ("strategy", "workload", "fault", "cluster", "experiment"):
             continue
         options = group_options(key)
         for choice in value.split(","):

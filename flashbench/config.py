@@ -31,12 +31,15 @@ class ExperimentConfig:
     blas: bool = True
     world_size: int = 1  # data-parallel training processes per run
     profile: str | None = None  # a profile.json to project instead of measuring a new one
+    report: str = "standard"  # "standard" or "paper_table"
 
     def __post_init__(self) -> None:
         if not self.strategies:
             raise ConfigError("strategy.names is empty: name at least one strategy, e.g. strategy=sync_zstd")
         for name in self.strategies:
             CheckpointOptions.from_name(name, **self.checkpoint)
+        if self.report not in ("standard", "paper_table"):
+            raise ConfigError(f"invalid report {self.report!r}: expected standard or paper_table")
         if self.world_size < 1:
             raise ConfigError(f"invalid train.world_size {self.world_size}: expected 1 or more processes")
         if int(self.workload.get("batch_size", 1)) % self.world_size:
@@ -89,6 +92,7 @@ class ExperimentConfig:
                 blas=bool(cfg.get("blas", True)),
                 world_size=int(cfg["train"].get("world_size", 1)),
                 profile=cfg.get("profile"),
+                report=str(cfg.get("report", "standard")),
             )
         except KeyError as error:
             raise ConfigError(f"the config lacks the key {error}: compare it with conf/config.yaml") from None

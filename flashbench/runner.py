@@ -26,6 +26,10 @@ def run_and_report(config: ExperimentConfig, run_dir: Path) -> str:
     else:
         cost_profile = run_experiment(config, run_dir)
         strategies = config.strategies
+    if config.report == "paper_table":
+        from flashbench.report import write_paper_table
+
+        return write_paper_table(cost_profile, preset, run_dir)
     projection = project(cost_profile, preset, strategies=strategies)
     return write_reports(projection, cost_profile, preset, run_dir)
 
