@@ -309,11 +309,14 @@ def _read_shard(storage, step, path, entry, record) -> memoryview:
     return memoryview(data)
 
 
-def _decode_array(name, entry, shards, codec, base_raw, record, step) -> bytearray:
+def _decode_array(name, entry, shards, codec, base_raw, record, step):
+    """Return the raw bytes of one array: a view into its shard when it is stored raw in one piece."""
     started = time.perf_counter()
     itemsize = itemsize_of(entry["dtype"], name)
-    out = bytearray(entry["raw_length"])
-    for piece in entry["pieces"]:
+    pieces = entry["pieces"]
+    whole = len(pieces) == 1 and pieces[0]["start"] == 0 and pieces[0]["stop"] == entry["raw_length"]
+    out = None if whole else bytearray(entry["raw_length"])
+    for piece in pieces:
         shard = shards[piece["shard"]]
         stored = shard[piece["offset"] : piece["offset"] + piece["length"]]
         if len(stored) != piece["length"]:
@@ -325,9 +328,12 @@ def _decode_array(name, entry, shards, codec, base_raw, record, step) -> bytearr
             raise CorruptCheckpointError(
                 f"array {name!r} of step {step} decoded to wrong bytes: expected {piece['raw_checksum']}, found {found}"
             )
-        out[piece["start"] : piece["stop"]] = raw
+        if whole:
+            out = raw
+        else:
+            out[piece["start"] : piece["stop"]] = raw
     record.decode_s += time.perf_counter() - started
-    return out
+    return out if out is not None else bytearray()
 
 
 def _base_piece(name, piece, base_raw, step):

@@ -159,9 +159,12 @@ class LocalStorage:
         finally:
             os.close(descriptor)
 
-    def read_file(self, path: str) -> bytes:
+    def read_file(self, path: str) -> bytearray:
+        """Read a whole file into one writable buffer, so restored arrays can be views of it."""
         with open(self._path(path), "rb") as handle:
-            return handle.read()
+            buffer = bytearray(os.fstat(handle.fileno()).st_size)
+            read = handle.readinto(buffer)
+            return buffer if read == len(buffer) else buffer[:read]
 
     def size(self, path: str) -> int:
         return self._path(path).stat().st_size

@@ -152,7 +152,9 @@ def to_target(array: np.ndarray, dtype: str, kind: str, target: str, name: str):
     if wanted == "numpy":
         if dtype in _BITS_DTYPES:
             raise ConfigError(f"array {name!r} is {dtype}, which NumPy cannot hold: restore with target='mlx'")
-        return np.array(array)
+        # A writable view (of a buffer read for this restore) is returned as it is; a
+        # read-only one (decompressed bytes, another caller's buffer) is copied.
+        return array if array.flags.writeable else np.array(array)
     import mlx.core as mx
 
     if dtype == "bfloat16":
