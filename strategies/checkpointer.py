@@ -15,7 +15,7 @@ import uuid
 from strategies import format as fmt
 from strategies import persist
 from strategies.codecs import make_codec
-from strategies.errors import CheckpointError, ConfigError, CorruptCheckpointError, NoCheckpointError
+from strategies.errors import BackgroundSaveError, CheckpointError, ConfigError, CorruptCheckpointError, NoCheckpointError
 from strategies.layout import make_layout
 from strategies.options import CheckpointOptions, Layout, Writer
 from strategies.records import LoadRecord, SaveRecord
@@ -103,6 +103,11 @@ class Checkpointer:
         started = time.perf_counter()
         record = SaveRecord(step=step, strategy=self.options.name)
         record.wait_slot_s = self._writer.acquire_slot()
+        try:
+            self._writer.raise_pending()  # a save that failed while this one waited for its slot
+        except BackgroundSaveError:
+            self._writer.release_slot()
+            raise
         try:
             job = self._snapshot(state, step, metadata, record)
         except BaseException:
@@ -242,7 +247,17 @@ class Checkpointer:
             )
         record = LoadRecord(step=step, strategy=self.options.name)
         started = time.perf_counter()
-        state, metadata = persist.read_step(self.storage, step, committed, target, record)
+        try:
+            state, metadata = persist.read_step(self.storage, step, committed, target, record)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            # The manifest passed its checksum and schema checks yet does not describe its
+            # data; treat it as corrupt so restore() can fall back.
+            raise CorruptCheckpointError(
+                f"step {step} in {self.storage.root} is inconsistent ({type(error).__name__}: {error}): "
+                "restore an older step or delete this step directory"
+            ) from error
         record.load_s = time.perf_counter() - started
         self.records.append(record)
         logger.info("restored step %d from %s in %.3f s", step, self.storage.root, record.load_s)

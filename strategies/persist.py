@@ -322,7 +322,10 @@ def _decode_array(name, entry, shards, codec, base_raw, record, step):
         if len(stored) != piece["length"]:
             raise CorruptCheckpointError(f"array {name!r} of step {step} runs past the end of shard {piece['shard']}")
         base = _base_piece(name, piece, base_raw, step)
-        raw = codec.decode(stored, piece["stop"] - piece["start"], itemsize, base)
+        try:
+            raw = codec.decode(stored, piece["stop"] - piece["start"], itemsize, base)
+        except CorruptCheckpointError as error:
+            raise CorruptCheckpointError(f"array {name!r} of step {step} failed to decode from shard {piece['shard']}: {error}") from error
         found = fmt.checksum(raw)
         if found != piece["raw_checksum"]:
             raise CorruptCheckpointError(

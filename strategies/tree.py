@@ -138,12 +138,19 @@ def from_bytes(buffer, dtype: str, shape: tuple[int, ...], name: str) -> np.ndar
 
 
 def _numpy_dtype(dtype: str, name: str) -> np.dtype:
+    if not isinstance(dtype, str):
+        raise CorruptCheckpointError(f"array {name!r} has invalid dtype {dtype!r} in the manifest: expected a dtype name")
     if dtype in _BITS_DTYPES:
         return np.dtype(_BITS_DTYPES[dtype])
     try:
-        return np.dtype(dtype)
+        np_dtype = np.dtype(dtype)
     except TypeError:
         raise CorruptCheckpointError(f"array {name!r} has unknown dtype {dtype!r} in the manifest") from None
+    if np_dtype.kind in "OUSV":  # the kinds _numpy_to_host never saves
+        raise CorruptCheckpointError(
+            f"array {name!r} has dtype {dtype!r} in the manifest, which no checkpoint holds (object, text, bytes or structured)"
+        )
+    return np_dtype
 
 
 def to_target(array: np.ndarray, dtype: str, kind: str, target: str, name: str):
@@ -171,6 +178,8 @@ def unflatten(structure, arrays: dict[str, object]):
     if isinstance(structure, dict) and len(structure) == 1:
         (key, value), = structure.items()
         if key == _ARRAY:
+            if not isinstance(value, str) or value not in arrays:
+                raise CorruptCheckpointError(f"manifest tree names array {value!r}, which its arrays do not list")
             return arrays[value]
         if key == _LIST:
             return [unflatten(item, arrays) for item in value]

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = [f"{writer}_{codec}" for writer in ("sync", "async") for codec in ("raw", "zstd", "bytegroup_zstd", "delta_zstd")]
 SAVES = 4
+DEFAULT_TRIALS = 200
 
 
 class PowerCut(BaseException):
