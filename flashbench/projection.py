@@ -1,26 +1,44 @@
 """Projection of measured strategy costs to clusters of many device counts.
 
 `project` runs the cluster model of `flashbench.sim` for every strategy of a cost
-profile and every device count, over the preset's replications, and returns one row
-per strategy and device count.
+profile, plus the preset's model strategies (`in_memory_peer`, `replica_recovery`), at
+every device count over the preset's replications, and returns one row per strategy and
+device count. Every strategy at a device count sees the same failure traces (common
+random numbers). `interval_curve` and `sweep_claim_parameters` run the extra
+simulations behind the throughput-vs-interval plot and the claim verdicts of
+`flashbench.report.write_paper_table`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 
 from flashbench.sim import (
+    MODEL_STRATEGIES,
     PROFILE_SCHEMA,
+    RECOVERY_PARTS,
+    SECONDS_PER_HOUR,
     ClusterPreset,
+    FailureTrace,
     RunResult,
+    StrategyCosts,
+    Topology,
+    checkpoint_io,
+    choose_base_strategy,
     choose_interval,
+    generate_failures,
+    model_strategy_applies,
+    model_strategy_costs,
     random_streams,
     simulate,
     strategy_costs,
@@ -38,9 +56,10 @@ _T975 = (
 
 _Z975 = 1.959964
 
-# Checkpoints per run above which a run takes seconds and earns a warning. One checkpoint
-# costs about 10 microseconds (measured with Python 3.11 on a 2-core x86-64 Linux VM).
-LONG_RUN_CHECKPOINTS = 500_000
+# Factors the claim sweep multiplies a parameter by: 1/16 to 16 in steps of sqrt(2).
+SWEEP_FACTORS = tuple(2.0 ** (k / 2) for k in range(-8, 9))
+SWEEP_REPLICATIONS = 6  # replications per sweep point; the sweep only locates a range
+CURVE_REPLICATIONS = 8  # replications per point of the interval curve
 
 
 def t_quantile_975(degrees_of_freedom: int) -> float:
@@ -60,7 +79,7 @@ def t_quantile_975(degrees_of_freedom: int) -> float:
     return z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
 
 
-def ci95_half_width(values: list[float]) -> float:
+def ci95_half_width(values: Sequence[float]) -> float:
     """Return the half-width of the 95% confidence interval of the mean of `values`.
 
     NaN values are left out. The result is NaN with fewer than two values left.
@@ -73,8 +92,37 @@ def ci95_half_width(values: list[float]) -> float:
     return t_quantile_975(finite.size - 1) * standard_error
 
 
-def profile_strategies(profile: Mapping) -> dict[str, Mapping]:
-    """Return the strategy entries of a cost profile after checking its schema and keys."""
+class MonteCarloProgress:
+    """A status line of replications done, rewritten in place; silent unless the stream is a terminal."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total = total
+        self.done = 0
+        self._last_write_s = 0.0
+
+    def advance(self, label: str, count: int = 1) -> None:
+        self.done += count
+        now = time.monotonic()
+        if not self.enabled or now - self._last_write_s < 0.2:
+            return
+
+        self._last_write_s = now
+        self.stream.write(f"\r\033[Ksimulating {label}: {self.done}/{self.total} runs")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def profile_strategies(profile: Mapping, preset: ClusterPreset | None = None) -> dict[str, Mapping]:
+    """Return the strategy entries of a cost profile after checking its schema and keys.
+
+    With a preset, its `profile_overrides` replace the profile's local quantities.
+    """
     schema = profile.get("schema")
     if schema != PROFILE_SCHEMA:
         raise ValueError(
@@ -85,21 +133,31 @@ def profile_strategies(profile: Mapping) -> dict[str, Mapping]:
     if not isinstance(entries, Mapping) or not entries:
         raise ValueError("cost profile: 'strategies' is missing or empty; measure at least one strategy")
 
+    if preset is not None:
+        entries = preset.apply_profile_overrides(entries)
+
     for name, entry in entries.items():
         validate_profile_entry(name, entry)
 
     return dict(entries)
 
 
-def _select_strategies(entries: Mapping[str, Mapping], strategies: list[str] | None) -> list[str]:
+def _select_strategies(entries: Mapping[str, Mapping], preset: ClusterPreset, strategies: list[str] | None) -> list[str]:
     if strategies is None:
-        return list(entries)
+        return [*entries, *(name for name in preset.model_strategies if name not in entries)]
 
-    unknown = [name for name in strategies if name not in entries]
+    unknown = [name for name in strategies if name not in entries and name not in MODEL_STRATEGIES]
     if unknown:
         raise ValueError(
-            f"project: strategies {unknown} are not in the cost profile; measured strategies are {sorted(entries)}"
+            f"project: strategies {unknown} are not in the cost profile; measured strategies are "
+            f"{sorted(entries)} and the model adds {list(MODEL_STRATEGIES)}"
         )
+
+    if "replica_recovery" in strategies and "replica_recovery" not in entries and preset.step_s is None:
+        raise ValueError(f"project: replica_recovery needs step_s in cluster preset {preset.name!r}; set it")
+
+    if any(name in MODEL_STRATEGIES and name not in entries for name in strategies) and preset.peer_bandwidth_Bps is None:
+        raise ValueError(f"project: model strategies need peer_bandwidth_Bps in cluster preset {preset.name!r}; set it")
 
     return list(strategies)
 
@@ -116,68 +174,198 @@ def _select_device_counts(preset: ClusterPreset, device_counts: list[int] | None
     return sorted({int(count) for count in device_counts})
 
 
+def failure_traces(preset: ClusterPreset, devices: int, replications: int | None = None) -> list[FailureTrace]:
+    """Draw the failure trace of each replication at one device count."""
+    count = preset.replications if replications is None else replications
+    return [
+        generate_failures(preset, devices, preset.horizon_s, random_streams(preset.seed, devices, replication))
+        for replication in range(count)
+    ]
+
+
+def _mean_and_ci(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    return (float(np.mean(finite)) if finite else math.nan), ci95_half_width(values)
+
+
 def _summarize(runs: list[RunResult]) -> dict[str, float]:
-    """Reduce the replications of one strategy and device count to the projection columns."""
+    """Reduce the replications of one strategy and device count to the projection columns.
+
+    Means per failure pool all replications, so runs without a failure add no NaN; their
+    confidence intervals come from the per-run means.
+    """
     failures = sum(run.failures for run in runs)
     checkpoints = sum(run.checkpoints for run in runs)
-    parts = {name: sum(run.seconds[name] for run in runs) for name in ("detect", "restart", "load", "recompute")}
+    summary: dict[str, float] = {}
 
-    # Means per failure pool all replications, so runs without a failure add no NaN.
-    per_failure = {f"{name}_s": (total / failures if failures else math.nan) for name, total in parts.items()}
-    recovery_s = sum(parts.values()) / failures if failures else math.nan
+    recovery_total = sum(run.seconds[name] for run in runs for name in RECOVERY_PARTS)
+    summary["recovery_s"] = recovery_total / failures if failures else math.nan
+    summary["recovery_ci95"] = ci95_half_width([run.recovery_s for run in runs])
 
-    impacts = [run.throughput_impact_pct for run in runs]
+    for name in RECOVERY_PARTS:
+        total = sum(run.seconds[name] for run in runs)
+        per_run = [run.seconds[name] / run.failures if run.failures else math.nan for run in runs]
+        summary[f"{name}_s"] = total / failures if failures else math.nan
+        summary[f"{name}_ci95"] = ci95_half_width(per_run)
+
+    for column, values in (
+        ("failures", [run.failures for run in runs]),
+        ("fallbacks", [run.fallbacks for run in runs]),
+        ("throughput_impact_pct", [run.throughput_impact_pct for run in runs]),
+        ("checkpoints", [run.checkpoints for run in runs]),
+    ):
+        mean, ci95 = _mean_and_ci([float(v) for v in values])
+        summary[column] = mean
+        summary[column.removesuffix("_pct") + "_ci95"] = ci95
+
     wait_s = sum(run.seconds["wait"] for run in runs)
+    summary["checkpoint_wait_s"] = wait_s / checkpoints if checkpoints else 0.0
+    return summary
 
+
+def _run_replications(
+    costs: StrategyCosts,
+    interval_s: float,
+    preset: ClusterPreset,
+    traces: Sequence[FailureTrace],
+    topology: Topology | None,
+    label: str,
+    progress: MonteCarloProgress | None,
+) -> list[RunResult]:
+    runs = []
+    for trace in traces:
+        runs.append(simulate(costs, interval_s, preset.horizon_s, trace, topology))
+        if progress is not None:
+            progress.advance(label)
+
+    return runs
+
+
+def _cost_columns(costs: StrategyCosts, preset: ClusterPreset, devices: int) -> dict[str, object]:
     return {
-        "recovery_s": recovery_s,
-        "recovery_ci95": ci95_half_width([run.recovery_s for run in runs]),
-        **per_failure,
-        "failures": failures / len(runs),
-        "throughput_impact_pct": float(np.mean(impacts)),
-        "throughput_impact_ci95": ci95_half_width(impacts),
-        "checkpoints": checkpoints / len(runs),
-        "checkpoint_wait_s": wait_s / checkpoints if checkpoints else 0.0,
-    }
-
-
-def project_one(name: str, entry: Mapping, preset: ClusterPreset, devices: int) -> dict[str, object]:
-    """Simulate one strategy at one device count over the preset's replications."""
-    costs = strategy_costs(name, entry, preset, devices)
-    interval_s, interval_rule = choose_interval(costs, preset, devices)
-    rate_per_s = preset.failure_rate_per_s(devices)
-
-    checkpoints_per_run = preset.horizon_s / interval_s
-    if checkpoints_per_run > LONG_RUN_CHECKPOINTS:
-        log.warning(
-            "%s on %d devices: interval %.3g s gives about %.0f checkpoints per run, so each "
-            "replication may take seconds; raise interval_s or shorten horizon_days",
-            name, devices, interval_s, checkpoints_per_run,
-        )  # fmt: skip
-
-    started = time.perf_counter()
-    runs = [
-        simulate(costs, rate_per_s, interval_s, preset.horizon_s, random_streams(preset.seed, devices, replication))
-        for replication in range(preset.replications)
-    ]
-    elapsed_s = time.perf_counter() - started
-    log.debug("projected %s on %d devices: %d replications in %.2f s", name, devices, len(runs), elapsed_s)
-
-    return {
-        "strategy": name,
-        "writer": entry["writer"],
-        "codec": entry["codec"],
-        "layout": entry.get("layout", ""),
         "devices": devices,
-        "compression_ratio": entry["compression_ratio"],
+        "nodes": preset.nodes(devices),
+        "data_parallel_groups": preset.data_parallel_group_count(devices),
         "mtbf_s": preset.mtbf_s(devices),
-        "interval_s": interval_s,
-        "interval_rule": interval_rule,
         "checkpoint_block_s": costs.block_s,
         "persist_s": costs.persist_s,
         "contention": costs.contention,
+        "restore_cost_s": costs.load_s,
+    }
+
+
+def project_one(
+    name: str,
+    entry: Mapping,
+    preset: ClusterPreset,
+    devices: int,
+    traces: Sequence[FailureTrace] | None = None,
+    progress: MonteCarloProgress | None = None,
+) -> dict[str, object]:
+    """Simulate one measured strategy at one device count over the preset's replications."""
+    traces = failure_traces(preset, devices) if traces is None else traces
+    topology = preset.topology(devices)
+    costs = strategy_costs(name, entry, preset, devices)
+    interval_s, interval_rule = choose_interval(costs, preset, devices, traces[: preset.optimal_replications], topology)
+    io = checkpoint_io(entry, preset, devices)
+
+    started = time.perf_counter()
+    runs = _run_replications(costs, interval_s, preset, traces, None, f"{name} on {devices} devices", progress)
+    log.debug("projected %s on %d devices: %d replications in %.2f s", name, devices, len(runs), time.perf_counter() - started)
+
+    return {
+        "strategy": name,
+        "kind": "storage",
+        "writer": entry["writer"],
+        "codec": entry["codec"],
+        "layout": io.layout,
+        "base_strategy": "",
+        "applicable": True,
+        "note": "",
+        **_cost_columns(costs, preset, devices),
+        "writers": io.writers,
+        "encode_s": io.encode_s,
+        "write_s": io.write_s,
+        "compression_ratio": entry["compression_ratio"],
+        "interval_s": interval_s,
+        "interval_rule": interval_rule,
         **_summarize(runs),
-        "replications": preset.replications,
+        "replications": len(runs),
+        "horizon_days": preset.horizon_days,
+    }
+
+
+def fallback_interval_s(base_costs: StrategyCosts, preset: ClusterPreset, devices: int) -> float:
+    """Return the seconds of training between storage fallback checkpoints of the model strategies.
+
+    That is the preset's `fallback_interval_s` when set. Otherwise it is the interval that
+    the preset's rule gives the base strategy alone, by Daly's rule when the preset's rule
+    is "optimal" or a number.
+    """
+    if preset.fallback_interval_s is not None:
+        return float(preset.fallback_interval_s)
+
+    rule_preset = preset if preset.interval_s in ("young", "daly") else dataclasses.replace(preset, interval_s="daly")
+    return choose_interval(base_costs, rule_preset, devices)[0]
+
+
+def model_costs(kind: str, entries: Mapping[str, Mapping], preset: ClusterPreset, devices: int) -> tuple[StrategyCosts, str]:
+    """Return the costs of a model strategy at `devices` devices and the name of its base strategy."""
+    base = choose_base_strategy(entries, preset, devices)
+    base_costs = strategy_costs(base, entries[base], preset, devices)
+    fallback_s = fallback_interval_s(base_costs, preset, devices)
+    return model_strategy_costs(kind, base, entries[base], preset, devices, fallback_s), base
+
+
+def project_model_one(
+    kind: str,
+    entries: Mapping[str, Mapping],
+    preset: ClusterPreset,
+    devices: int,
+    traces: Sequence[FailureTrace] | None = None,
+    progress: MonteCarloProgress | None = None,
+) -> dict[str, object]:
+    """Simulate `in_memory_peer` or `replica_recovery` at one device count.
+
+    Where the strategy cannot run (one node, or one replica) the row has NaN figures,
+    `applicable` False and the reason in `note`.
+    """
+    topology = preset.topology(devices)
+    costs, base = model_costs(kind, entries, preset, devices)
+    applies, reason = model_strategy_applies(kind, topology)
+    row = {
+        "strategy": kind,
+        "kind": kind,
+        "writer": kind,
+        "codec": "raw",
+        "layout": "peer",
+        "base_strategy": base,
+        "applicable": applies,
+        "note": reason,
+        **_cost_columns(costs, preset, devices),
+        "writers": devices,
+        "encode_s": 0.0,
+        "write_s": 0.0,
+        "compression_ratio": 1.0,
+    }
+    if not applies:
+        if progress is not None:
+            progress.advance(kind, preset.replications)
+
+        empty = _summarize([])
+        return {**row, "interval_s": math.nan, "interval_rule": "not applicable", **empty,
+                "replications": 0, "horizon_days": preset.horizon_days}  # fmt: skip
+
+    traces = failure_traces(preset, devices) if traces is None else traces
+    interval_s, interval_rule = choose_interval(costs, preset, devices, traces[: preset.optimal_replications], topology)
+    runs = _run_replications(costs, interval_s, preset, traces, topology, f"{kind} on {devices} devices", progress)
+
+    return {
+        **row,
+        "interval_s": interval_s,
+        "interval_rule": interval_rule,
+        **_summarize(runs),
+        "replications": len(runs),
         "horizon_days": preset.horizon_days,
     }
 
@@ -190,13 +378,15 @@ def project(
 ) -> pd.DataFrame:
     """Project every strategy of a cost profile onto the preset's cluster.
 
-    Returns one row per strategy and device count. Times are in seconds and means per
-    failure, `failures` is the mean count per run, and the `*_ci95` columns are
-    half-widths of 95% confidence intervals over the replications. Device counts default
-    to the preset's `device_counts` plus its `devices`.
+    `strategies` None means every measured strategy plus the preset's
+    `model_strategies`; a list means exactly those names, measured or model. Returns one
+    row per strategy and device count. Times are in seconds and means per failure,
+    `failures` is the mean count per run, and the `*_ci95` columns are half-widths of 95%
+    confidence intervals over the replications. Device counts default to the preset's
+    `device_counts` plus its `devices`.
     """
-    entries = profile_strategies(profile)
-    names = _select_strategies(entries, strategies)
+    entries = profile_strategies(profile, preset)
+    names = _select_strategies(entries, preset, strategies)
     counts = _select_device_counts(preset, device_counts)
 
     log.info(
@@ -204,8 +394,178 @@ def project(
         len(names), preset.name, counts, preset.replications, preset.horizon_days,
     )  # fmt: skip
     started = time.perf_counter()
+    progress = MonteCarloProgress(len(names) * len(counts) * preset.replications)
 
-    rows = [project_one(name, entries[name], preset, devices) for name in names for devices in counts]
+    rows = []
+    for devices in counts:
+        traces = failure_traces(preset, devices)
+        for name in names:
+            if name in entries:
+                rows.append(project_one(name, entries[name], preset, devices, traces, progress))
+            else:
+                rows.append(project_model_one(name, entries, preset, devices, traces, progress))
 
+    progress.close()
     log.info("projection finished in %.1f s", time.perf_counter() - started)
     return pd.DataFrame(rows)
+
+
+# Extra simulations for the throughput-vs-interval plot and the claim verdicts
+
+
+def _costs_at(name: str, entries: Mapping[str, Mapping], preset: ClusterPreset, devices: int) -> StrategyCosts:
+    if name in entries:
+        return strategy_costs(name, entries[name], preset, devices)
+
+    return model_costs(name, entries, preset, devices)[0]
+
+
+def interval_curve(
+    profile: dict,
+    preset: ClusterPreset,
+    strategies: list[str] | None = None,
+    points: int = 25,
+    replications: int = CURVE_REPLICATIONS,
+) -> pd.DataFrame:
+    """Simulate throughput impact against the checkpoint interval at the preset's device count.
+
+    Each strategy gets `points` intervals from 1/30 to 30 times the one its rule chose,
+    over the same failure traces. For replica_recovery the interval is that of its storage
+    fallback. Returns one row per strategy and interval, with the chosen interval and rule.
+    """
+    entries = profile_strategies(profile, preset)
+    names = _select_strategies(entries, preset, strategies)
+    devices = preset.devices
+    topology = preset.topology(devices)
+    traces = failure_traces(preset, devices, min(replications, preset.replications))
+    progress = MonteCarloProgress(len(names) * points * len(traces))
+
+    rows = []
+    for name in names:
+        costs = _costs_at(name, entries, preset, devices)
+        if costs.kind != "storage" and not model_strategy_applies(costs.kind, topology)[0]:
+            continue
+
+        chosen_s, rule = choose_interval(costs, preset, devices, traces[: preset.optimal_replications], topology)
+        if math.isinf(chosen_s):
+            continue
+
+        for interval_s in chosen_s * np.logspace(-math.log10(30), math.log10(30), points):
+            interval_s = float(min(interval_s, preset.horizon_s))
+            point_costs = costs
+            if costs.kind == "replica_recovery":
+                point_costs = dataclasses.replace(costs, fallback_interval_s=interval_s)
+
+            impacts = [simulate(point_costs, interval_s, preset.horizon_s, trace, topology).throughput_impact_pct for trace in traces]
+            progress.advance(f"interval curve of {name}", len(traces))
+            rows.append({
+                "strategy": name,
+                "interval_s": interval_s,
+                "throughput_impact_pct": float(np.mean(impacts)),
+                "throughput_impact_ci95": ci95_half_width(impacts),
+                "chosen_interval_s": chosen_s,
+                "interval_rule": rule,
+            })  # fmt: skip
+
+    progress.close()
+    return pd.DataFrame(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepParameter:
+    """A cluster parameter the claim sweep scales, and how a reader sees its value."""
+
+    name: str
+    label: str  # as it reads in a verdict: "detect + restart"
+    unit: str
+    scale: Callable[[ClusterPreset, float], ClusterPreset]
+    value: Callable[[ClusterPreset, int], float]  # the value in `unit` at a device count
+
+
+def _scale_detect_restart(preset: ClusterPreset, factor: float) -> ClusterPreset:
+    changes = {"restart_base_s": preset.restart_base_s * factor, "restart_per_device_s": preset.restart_per_device_s * factor}
+    if preset.detection == "timeout":
+        changes["detect_timeout_s"] = preset.detect_timeout_s * factor
+    else:
+        changes["heartbeat_interval_s"] = preset.heartbeat_interval_s * factor
+
+    return dataclasses.replace(preset, **changes)
+
+
+def _scale_bandwidth(preset: ClusterPreset, factor: float) -> ClusterPreset:
+    return dataclasses.replace(
+        preset,
+        storage_bandwidth_Bps=preset.storage_bandwidth_Bps * factor,
+        read_bandwidth_Bps=preset.read_bandwidth_Bps * factor,
+        device_storage_bandwidth_Bps=preset.device_storage_bandwidth_Bps * factor,
+    )
+
+
+def _scale_failure_rate(preset: ClusterPreset, factor: float) -> ClusterPreset:
+    return dataclasses.replace(
+        preset,
+        failures_per_unit_hour=preset.failures_per_unit_hour * factor,
+        node_failures_per_node_hour=preset.node_failures_per_node_hour * factor,
+    )
+
+
+SWEEP_PARAMETERS = (
+    SweepParameter(
+        "detect_restart", "detect + restart", "s", _scale_detect_restart,
+        lambda preset, devices: preset.detect_s + preset.restart_s(devices),
+    ),
+    SweepParameter(
+        "storage_bandwidth", "aggregate storage write bandwidth (device links and reads scaled alike)", "GB/s",
+        _scale_bandwidth, lambda preset, devices: preset.storage_bandwidth_Bps / 1e9,
+    ),
+    SweepParameter(
+        "failure_rate", "job MTBF", "h", _scale_failure_rate,
+        lambda preset, devices: preset.mtbf_s(devices) / SECONDS_PER_HOUR,
+    ),
+)  # fmt: skip
+
+
+def sweep_claim_parameters(
+    profile: dict,
+    preset: ClusterPreset,
+    strategies: list[str],
+    factors: Sequence[float] = SWEEP_FACTORS,
+    replications: int = SWEEP_REPLICATIONS,
+) -> pd.DataFrame:
+    """Project `strategies` at the preset's device count with each sweep parameter scaled.
+
+    Returns one row per strategy, parameter and factor with the parameter's value and the
+    projected recovery_s and throughput_impact_pct. The interval rule runs again at every
+    point, so a faster storage also gets its own interval.
+    """
+    entries = profile_strategies(profile, preset)
+    names = _select_strategies(entries, preset, strategies)
+    base = dataclasses.replace(preset, replications=min(replications, preset.replications))
+    devices = preset.devices
+    progress = MonteCarloProgress(len(SWEEP_PARAMETERS) * len(factors) * len(names) * base.replications)
+
+    rows = []
+    for parameter in SWEEP_PARAMETERS:
+        for factor in factors:
+            scaled = parameter.scale(base, factor)
+            traces = failure_traces(scaled, devices)
+            for name in names:
+                if name in entries:
+                    row = project_one(name, entries[name], scaled, devices, traces, progress)
+                else:
+                    row = project_model_one(name, entries, scaled, devices, traces, progress)
+
+                rows.append({
+                    "strategy": name,
+                    "parameter": parameter.name,
+                    "label": parameter.label,
+                    "unit": parameter.unit,
+                    "factor": factor,
+                    "value": parameter.value(scaled, devices),
+                    "recovery_s": row["recovery_s"],
+                    "throughput_impact_pct": row["throughput_impact_pct"],
+                })  # fmt: skip
+
+    progress.close()
+    return pd.DataFrame(rows)
+
