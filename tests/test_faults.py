@@ -19,7 +19,7 @@ def fault_config(name: str, **overrides) -> FaultSpec:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"fault={name}"])
     settings = OmegaConf.to_container(cfg.fault)
-    settings.update(at_step=AT_STEP if settings["at_step"] != -1 else -1, save_index=SAVE_INDEX, hang_timeout_s=3.0)
+    settings.update(at_step=AT_STEP if settings["at_step"] != -1 else -1, save_index=SAVE_INDEX)
     settings.update(overrides)
     return FaultSpec(**settings).resolve_step(STEPS)
 
@@ -79,7 +79,7 @@ def test_kill_during_save_resumes_from_newest_commit(point, strategy, reference,
 
 @pytest.mark.slow
 def test_hang_detected_within_timeout(reference, tiny_workload, child_env, tmp_path):
-    fault = fault_config("hang")
+    fault = fault_config("hang", hang_timeout_s=3.0)
     result = run_fault(fault, tiny_workload, child_env, tmp_path)
     assert len(result.recoveries) == 1
     recovery = result.recoveries[0]
