@@ -189,6 +189,7 @@ class Checkpointer:
         return found
 
     def latest_step(self) -> int | None:
+        """Return the newest committed step, or None when there is none (it may still fail verification)."""
         steps = self.steps()
         return steps[-1] if steps else None
 

@@ -26,6 +26,7 @@ class SaveRecord:
     bytes_stored: int = 0
 
     def as_row(self) -> dict:
+        """Return the record as a flat dict for a CSV row, with ``op`` set to ``save``."""
         return {"op": "save", **dataclasses.asdict(self)}
 
 
@@ -44,6 +45,7 @@ class LoadRecord:
     skipped_steps: tuple[int, ...] = ()  # newer steps that failed verification
 
     def as_row(self) -> dict:
+        """Return the record as a flat dict for a CSV row, with ``op`` set to ``load``."""
         row = {"op": "load", **dataclasses.asdict(self)}
         row["skipped_steps"] = " ".join(str(s) for s in self.skipped_steps)
         return row

@@ -32,6 +32,7 @@ class SaveHandle:
         self._error: BaseException | None = None
 
     def done(self) -> bool:
+        """Return whether the save has finished, committed or failed, without blocking."""
         return self._finished.is_set()
 
     def wait(self, timeout: float | None = None) -> SaveRecord:
