@@ -36,8 +36,13 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.strategies:
             raise ConfigError("strategy.names is empty: name at least one strategy, e.g. strategy=sync_zstd")
+        duplicates = sorted({name for name in self.strategies if self.strategies.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"strategy.names lists {', '.join(duplicates)} more than once: name each strategy once")
         for name in self.strategies:
             CheckpointOptions.from_name(name, **self.checkpoint)
+        if self.seed < 0:
+            raise ConfigError(f"invalid seed {self.seed}: expected 0 or more")
         if self.report not in ("standard", "paper_table"):
             raise ConfigError(f"invalid report {self.report!r}: expected standard or paper_table")
         if self.world_size < 1:
@@ -67,9 +72,12 @@ class ExperimentConfig:
             ModelConfig(**{k: self.workload[k] for k in ("d_model", "n_layers", "n_heads", "context", "dropout")})
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        for key in ("batch_size", "corpus_bytes"):
-            if int(self.workload[key]) < 1:
-                raise ConfigError(f"invalid workload.{key} {self.workload[key]}: expected a positive integer")
+        if _integer("workload.batch_size", self.workload["batch_size"]) < 1:
+            raise ConfigError(f"invalid workload.batch_size {self.workload['batch_size']}: expected a positive integer")
+        if _integer("workload.corpus_bytes", self.workload["corpus_bytes"]) < MIN_CORPUS_BYTES:
+            raise ConfigError(
+                f"invalid workload.corpus_bytes {self.workload['corpus_bytes']}: expected at least {MIN_CORPUS_BYTES} bytes of text"
+            )
         if float(self.workload["learning_rate"]) <= 0:
             raise ConfigError(f"invalid workload.learning_rate {self.workload['learning_rate']}: expected a positive number")
 
@@ -81,16 +89,16 @@ class ExperimentConfig:
             fault = cfg["fault"]
             return cls(
                 strategies=list(cfg["strategy"]["names"]),
-                seed=int(cfg["seed"]),
-                steps=int(cfg["train"]["steps"]),
-                interval=int(cfg["train"]["interval"]),
+                seed=_integer("seed", cfg["seed"]),
+                steps=_integer("train.steps", cfg["train"]["steps"]),
+                interval=_integer("train.interval", cfg["train"]["interval"]),
                 checkpoint_dir=checkpoint.pop("dir", None),
                 checkpoint=checkpoint,
                 workload=dict(cfg["workload"]),
                 fault=_fault(fault, int(cfg["train"]["steps"])),
                 cluster=dict(cfg["cluster"]),
                 blas=bool(cfg.get("blas", True)),
-                world_size=int(cfg["train"].get("world_size", 1)),
+                world_size=_integer("train.world_size", cfg["train"].get("world_size", 1)),
                 profile=cfg.get("profile"),
                 report=str(cfg.get("report", "standard")),
             )
@@ -102,11 +110,24 @@ class ExperimentConfig:
             raise ConfigError(f"invalid config value: {error}") from None
 
 
+MIN_CORPUS_BYTES = 65536
+
+
+def _integer(key: str, value) -> int:
+    """Return ``value`` as an int, rejecting fractions and text instead of truncating them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"invalid {key} {value!r}: expected an integer")
+    return int(value)
+
+
 def _fault(fault: dict, steps: int) -> FaultSpec:
     known = {field.name for field in dataclasses.fields(FaultSpec)}
     unknown = sorted(set(fault) - known)
     if unknown:
         raise ConfigError(f"unknown fault setting {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
+    for key in ("at_step", "rank", "save_index", "seed", "max_restarts"):
+        if key in fault:
+            fault[key] = _integer(f"fault.{key}", fault[key])
     try:
         return FaultSpec(**fault).resolve_step(steps)
     except ValueError as error:

@@ -40,6 +40,8 @@ def load_profile(path: Path) -> dict:
         profile = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"profile {str(path)!r} does not exist: pass the profile.json of an earlier run") from None
+    except IsADirectoryError:
+        raise ValueError(f"profile {str(path)!r} is a directory: pass the profile.json file inside a run directory") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"profile {str(path)!r} is not valid JSON ({error}): pass the profile.json of an earlier run") from None
     if not isinstance(profile, dict) or not isinstance(profile.get("strategies"), dict) or not profile["strategies"]:

@@ -42,6 +42,14 @@ def _verify(checkpointer: Checkpointer, steps: list[int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (CheckpointError, OSError) as error:
+        print(f"strategies: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     storage = open_storage(args.directory)
     if not storage.exists(""):
         print(f"strategies: error: directory {args.directory!r} does not exist: check the path", file=sys.stderr)

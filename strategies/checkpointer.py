@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
+import re
 import os
 import secrets
 import signal
@@ -15,7 +17,14 @@ import uuid
 from strategies import format as fmt
 from strategies import persist
 from strategies.codecs import make_codec
-from strategies.errors import BackgroundSaveError, CheckpointError, ConfigError, CorruptCheckpointError, NoCheckpointError
+from strategies.errors import (
+    BackgroundSaveError,
+    CheckpointError,
+    ConfigError,
+    CorruptCheckpointError,
+    NoCheckpointError,
+    StorageError,
+)
 from strategies.layout import make_layout
 from strategies.options import CheckpointOptions, Layout, Writer
 from strategies.records import LoadRecord, SaveRecord
@@ -72,13 +81,13 @@ class Checkpointer:
         self.read_only = read_only
         if not read_only:
             self.storage.check_writable()
-        self.run_id = self.options.run_id or uuid.uuid4().hex
+        self._run_ids: dict[str, str | None] = {}  # step directory -> run id in its manifest
+        self.run_id = self.options.run_id or self._adopted_run_id() or uuid.uuid4().hex
         self._codec = make_codec(self.options.codec, level=self.options.zstd_level, threads=self.options.zstd_threads)
         self._layout = make_layout(self.options.layout.value)
         self._writer = AsyncWriter(self.options.max_in_flight) if self.options.writer == Writer.ASYNC else SyncWriter()
         self._base: persist.Base | None = None
         self._saves = 0
-        self._run_ids: dict[str, str | None] = {}  # step directory -> run id in its manifest
         self._closed = False
         self.records: list[SaveRecord | LoadRecord] = []
         if self.options.flush_on_sigterm:
@@ -159,7 +168,11 @@ class Checkpointer:
             # the bases agree again at the next full checkpoint.
             self._base = persist.Base(job.step, {(p.leaf.name, p.start, p.stop): p.raw() for p in pieces})
         if self.rank == 0:
-            self._apply_retention(job.step)
+            try:
+                self._apply_retention(job.step)
+            except OSError as error:
+                # The step is committed; a failed cleanup must not report the save as failed.
+                logger.warning("step %d is committed, but retention in %s failed: %s", job.step, self.storage.root, error)
         logger.info(
             "saved step %d with %s on rank %d: %d bytes stored in %.3f s", job.step, self.options.name, self.rank,
             record.bytes_stored, time.perf_counter() - started,
@@ -176,7 +189,14 @@ class Checkpointer:
 
     def _committed(self) -> dict[int, str]:
         """Map each committed step to its directory name (``step_10`` and ``step_00000010`` both parse)."""
-        return {step: name for step, name in self._step_dirs().items() if self.storage.is_committed(name)}
+        return {step: name for step, name in self._step_dirs().items() if self._is_committed(name)}
+
+    def _is_committed(self, name: str) -> bool:
+        try:
+            return self.storage.is_committed(name)
+        except PermissionError as error:
+            logger.warning("cannot read step directory %s in %s, skipping it: %s", name, self.storage.root, error)
+            return False
 
     def _step_dirs(self) -> dict[int, str]:
         found: dict[int, str] = {}
@@ -250,8 +270,8 @@ class Checkpointer:
         started = time.perf_counter()
         try:
             state, metadata = persist.read_step(self.storage, step, committed, target, record)
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            if isinstance(error, ConfigError):
+        except (KeyError, TypeError, ValueError, IndexError, MemoryError, OverflowError, RecursionError, OSError) as error:
+            if isinstance(error, (ConfigError, StorageError)):
                 raise
             # The manifest passed its checksum and schema checks yet does not describe its
             # data; treat it as corrupt so restore() can fall back.
@@ -272,7 +292,7 @@ class Checkpointer:
         """
         committed = self._committed()
         for step, name in self._step_dirs().items():
-            if step < newest and step not in committed:
+            if step < newest and step not in committed and self._holds_only_checkpoint_files(name):
                 logger.info("removing uncommitted leftovers of step %d in %s", step, self.storage.root)
                 self.storage.remove_tree(name)
 
@@ -288,6 +308,29 @@ class Checkpointer:
                 logger.info("retention: removing step %d (keep_last=%d)", step, keep_last)
                 self.storage.remove_tree(committed[step])
                 self._run_ids.pop(committed[step], None)
+
+    def _adopted_run_id(self) -> str | None:
+        """Return the run id of the newest readable step, so a restarted job keeps its retention.
+
+        Without ``options.run_id``, a Checkpointer on a directory that already holds
+        steps continues that run; a new run in the same directory needs its own run_id.
+        """
+        if self.read_only:
+            return None
+        committed = self._committed()
+        for step in sorted(committed, reverse=True):
+            run_id = self._run_id_of(committed[step], step)
+            if run_id:
+                return run_id
+        return None
+
+    def _holds_only_checkpoint_files(self, name: str) -> bool:
+        """Return whether a step directory contains nothing but files this library writes."""
+        try:
+            entries = self.storage.list_dir(name)
+        except (OSError, CheckpointError):
+            return False
+        return all(_CHECKPOINT_FILE.fullmatch(entry) for entry in entries)
 
     def _run_id_of(self, directory: str, step: int) -> str | None:
         if directory not in self._run_ids:
@@ -329,14 +372,18 @@ class Checkpointer:
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum, frame) -> None:
+            # The handler may interrupt the main thread while it holds the writer's lock,
+            # so the waiting happens on another thread; the signal is sent again, to the
+            # handler that was there before, once every pending save is durable.
             logger.warning("SIGTERM: finishing pending saves in %s before exiting", self.storage.root)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            threading.Thread(target=flush_then_resend, name="strategies-sigterm-flush", daemon=False).start()
+
+        def flush_then_resend() -> None:
             try:
-                self.close()
+                self._writer.wait_all()
             finally:
-                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-                if callable(previous):
-                    previous(signum, frame)
-                elif previous != signal.SIG_IGN:
+                if previous != signal.SIG_IGN:
                     os.kill(os.getpid(), signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -369,10 +416,16 @@ def _check_ranks(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 
+MAX_STEP = 2**63 - 1
+
+# Files a save writes into a step directory; anything else there belongs to someone else.
+_CHECKPOINT_FILE = re.compile(r"shard_\d+\.bin|rank_\d+\.json|manifest\.json(\.tmp-\w+|\.corrupt-\w+)?|COMMITTED")
+
+
 def _check_step(step) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ConfigError(f"invalid step {step!r}: expected a non-negative integer")
-    return step
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step <= MAX_STEP:
+        raise ConfigError(f"invalid step {step!r}: expected an integer from 0 to 2**63 - 1")
+    return int(step)
 
 
 def _check_metadata(metadata) -> dict:

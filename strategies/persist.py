@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import time
 
 import xxhash
@@ -62,11 +63,22 @@ def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, rec
     try:
         return _write_and_commit(storage, directory, job, codec, layout, record, timeout_s)
     except OSError as error:
+        _remove_partial(storage, directory, job)
         raise StorageError(
             error.errno,
             f"writing step {job.step} to {storage.root}/{directory} failed: {error}; the step is not committed and "
             "older checkpoints are untouched; free space or fix the storage, then save again",
         ) from error
+
+
+def _remove_partial(storage: Storage, directory: str, job: SaveJob) -> None:
+    """Remove what a failed save wrote, so it holds no space; with several ranks others may still write."""
+    if job.world_size != 1 or storage.is_committed(directory):
+        return
+    try:
+        storage.remove_tree(directory)
+    except OSError as error:
+        logger.warning("cannot remove the partial step %d in %s: %s", job.step, storage.root, error)
 
 
 def _write_and_commit(storage, directory, job: SaveJob, codec, layout, record, timeout_s) -> list[Piece]:
@@ -313,6 +325,12 @@ def _decode_array(name, entry, shards, codec, base_raw, record, step):
     """Return the raw bytes of one array: a view into its shard when it is stored raw in one piece."""
     started = time.perf_counter()
     itemsize = itemsize_of(entry["dtype"], name)
+    expected = math.prod(entry["shape"]) * itemsize
+    if expected != entry["raw_length"]:
+        raise CorruptCheckpointError(
+            f"array {name!r} of step {step}: shape {entry['shape']} of {entry['dtype']} needs {expected} bytes, "
+            f"the manifest records {entry['raw_length']}"
+        )
     pieces = entry["pieces"]
     whole = len(pieces) == 1 and pieces[0]["start"] == 0 and pieces[0]["stop"] == entry["raw_length"]
     out = None if whole else bytearray(entry["raw_length"])

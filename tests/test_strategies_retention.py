@@ -84,7 +84,9 @@ def test_corrupt_newer_step_kept_with_verified(tmp_path):
     assert resumed.restore().step == 1
     resumed.save(state_for(2), step=2)
 
-    assert resumed.steps() == [1, 2]  # step 5 was uncommitted; step 1 is another run's, so retention keeps it
+    # Step 5 was uncommitted. The resumed Checkpointer adopted step 1's run id, so it
+    # continues that run and keep_last=1 removed step 1 after step 2 committed.
+    assert resumed.steps() == [2]
     assert (directory / "step_00000005").is_dir()  # its files stay for inspection
     restored = resumed.restore()
     assert restored.step == 2
