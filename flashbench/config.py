@@ -58,6 +58,12 @@ class ExperimentConfig:
             raise ConfigError(f"invalid train.steps {self.steps}: expected 1 or more")
         if self.interval < 1:
             raise ConfigError(f"invalid train.interval {self.interval}: expected a positive number of steps between checkpoints")
+        saves = self.steps // self.interval
+        if self.fault.kind in ("kill_during_save", "storage", "corrupt") and self.fault.save_index > saves:
+            raise ConfigError(
+                f"invalid fault.save_index {self.fault.save_index}: the run makes only {saves} saves "
+                f"(train.steps {self.steps} / train.interval {self.interval}), so the fault would never fire"
+            )
         if self.fault.kind in ("kill", "hang", "exception") and self.fault.at_step >= self.steps:
             raise ConfigError(
                 f"invalid fault.at_step {self.fault.at_step}: it must be below train.steps ({self.steps}) for the fault to happen"

@@ -52,6 +52,9 @@ class Checkpointer:
     ``save(state, step)`` returns a ``SaveHandle``; ``restore()`` returns the newest
     committed step that verifies, falling back past corrupt ones with a warning.
 
+    NOTE: one job writes to a directory at a time. Two independent writers on one
+    directory are not detected; their cleanup and same-numbered saves can interfere.
+
     With several processes, every rank creates its own Checkpointer on the same
     directory with its ``rank`` and the ``world_size``, and every rank calls ``save``
     for the same steps. The parallel layout then needs ``broadcast``, a collective that
@@ -250,7 +253,8 @@ class Checkpointer:
 
         Training resumes from the older step and will save these step numbers again;
         committed steps are never overwritten, so the corrupt ones step aside. Only rank 0
-        does this, and only a writable Checkpointer; the files stay for inspection.
+        does this, and only a writable Checkpointer. The files stay for inspection until
+        the same step number is saved again.
         """
         if self.read_only or self.rank != 0:
             return

@@ -66,7 +66,7 @@ def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, rec
         _remove_partial(storage, directory, job)
         raise StorageError(
             error.errno,
-            f"writing step {job.step} to {storage.root}/{directory} failed: {error}; the step is not committed and "
+            f"writing step {job.step} to {storage.root}/{directory} failed ({error.strerror or error}); the step is not committed and "
             "older checkpoints are untouched; free space or fix the storage, then save again",
         ) from error
 
