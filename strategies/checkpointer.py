@@ -167,7 +167,7 @@ class Checkpointer:
         pieces = persist.write_step(self.storage, job, self._codec, self._layout, record, self.options.commit_timeout_s)
         if self._codec.uses_base:
             # NOTE: on ranks other than 0 the base is this rank's last written save, which
-            # rank 0 may still fail to commit; rank 0 then rejects the next delta save and
+            # rank 0 may still fail to commit. Rank 0 then rejects the next delta save, and
             # the bases agree again at the next full checkpoint.
             self._base = persist.Base(job.step, {(p.leaf.name, p.start, p.stop): p.raw() for p in pieces})
         if self.rank == 0:
@@ -316,8 +316,8 @@ class Checkpointer:
     def _adopted_run_id(self) -> str | None:
         """Return the run id of the newest readable step, so a restarted job keeps its retention.
 
-        Without ``options.run_id``, a Checkpointer on a directory that already holds
-        steps continues that run; a new run in the same directory needs its own run_id.
+        Without ``options.run_id``, a Checkpointer on a directory that already contains
+        steps continues that run. A new run in the same directory needs its own run_id.
         """
         if self.read_only:
             return None
@@ -376,9 +376,9 @@ class Checkpointer:
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum, frame) -> None:
-            # The handler may interrupt the main thread while it holds the writer's lock,
-            # so the waiting happens on another thread; the signal is sent again, to the
-            # handler that was there before, once every pending save is durable.
+            # The handler may interrupt the main thread while it has the writer's lock, so
+            # the waiting happens on another thread. Once every pending save is durable,
+            # that thread sends SIGTERM again, to the handler that was installed before.
             logger.warning("SIGTERM: finishing pending saves in %s before exiting", self.storage.root)
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             threading.Thread(target=flush_then_resend, name="strategies-sigterm-flush", daemon=False).start()

@@ -1,8 +1,8 @@
 """The on-disk format: one directory per step, shard files and a JSON manifest.
 
 A step directory is ``step_<number>``; its number is parsed, never sorted as text.
-Shards are written and fsynced first; then the storage commits the manifest: on a
-filesystem by renaming it into place, on an object store by a marker written last.
+Shards are written and fsynced first. Then the storage commits the manifest: a
+filesystem renames it into place, and an object store writes a marker last.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class SaveJob:
     pieces: list[Piece]  # the bytes this rank writes
     metadata: dict
     run_id: str
-    nonce: int  # identical on every rank for one save; tells this save's indexes from stale ones
+    nonce: int  # identical on every rank for one save, so rank 0 can ignore stale indexes
     rank: int = 0
     world_size: int = 1
     full: bool = True  # False: a delta codec may encode against ``base``
@@ -72,7 +72,7 @@ def write_step(storage: Storage, job: SaveJob, codec: Codec, layout: Layout, rec
 
 
 def _remove_partial(storage: Storage, directory: str, job: SaveJob) -> None:
-    """Remove what a failed save wrote, so it holds no space; with several ranks others may still write."""
+    """Remove what a failed save wrote, so it takes no space. With several ranks, others may still be writing."""
     if job.world_size != 1 or storage.is_committed(directory):
         return
     try:
@@ -88,7 +88,7 @@ def _write_and_commit(storage, directory, job: SaveJob, codec, layout, record, t
     if pieces or job.rank == 0:
         index = _write_shard(storage, directory, job, pieces, codec, record)
     else:
-        # A rank whose byte range holds no whole element still publishes an empty index.
+        # A rank whose byte range contains no whole element still publishes an empty index.
         index = {"rank": job.rank, "nonce": job.nonce, "shard": None, "length": 0, "checksum": None, "pieces": [], "base_step": None}
     record.write_s = time.perf_counter() - started - record.encode_s
     record.bytes_stored = index["length"]
