@@ -130,8 +130,10 @@ OVERRIDABLE_PROFILE_KEYS = (
 LAYOUTS = ("coordinator", "parallel")
 FAILURE_UNITS = ("device", "node")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
-DETECTIONS = ("timeout", "heartbeat")
-RESTART_POLICIES = ("full_job", "failed_ranks_only")
+# "measured" takes the detect and restart seconds that the local fault runs recorded in
+# the profile (recovery.csv), instead of a cluster figure from the preset.
+DETECTIONS = ("timeout", "heartbeat", "measured")
+RESTART_POLICIES = ("full_job", "failed_ranks_only", "measured")
 INTERVAL_RULES = ("young", "daly", "optimal")
 
 # Strategies the model adds beside the measured storage strategies.
@@ -260,7 +262,7 @@ class ClusterPreset:
         _require_choice("detection", self.detection, DETECTIONS)
         if self.detection == "timeout":
             _require_non_negative("detect_timeout_s", self.detect_timeout_s)
-        else:
+        elif self.detection == "heartbeat":
             _require_positive("heartbeat_interval_s", self.heartbeat_interval_s)
             _require_positive_int("heartbeat_missed_beats", self.heartbeat_missed_beats)
 
@@ -403,7 +405,9 @@ class ClusterPreset:
 
     @property
     def detect_s(self) -> float:
-        """Seconds from a failure to its detection."""
+        """Seconds from a failure to its detection (0 under ``measured``: the profile then supplies it)."""
+        if self.detection == "measured":
+            return 0.0
         if self.detection == "timeout":
             return float(self.detect_timeout_s)
 
@@ -411,6 +415,8 @@ class ClusterPreset:
 
     def restart_s(self, devices: int) -> float:
         """Seconds from detection to processes ready to load, for a job of `devices` devices."""
+        if self.restart_policy == "measured":
+            return 0.0
         if self.restart_policy == "failed_ranks_only":
             return float(self.restart_base_s)
 
@@ -758,9 +764,33 @@ def strategy_costs(name: str, entry: Mapping, preset: ClusterPreset, devices: in
         persist_s=persist_s,
         contention=contention,
         load_s=io.load_s,
-        detect_s=preset.detect_s,
-        restart_s=preset.restart_s(devices),
+        detect_s=recovery_detect_s(preset, name, entry),
+        restart_s=recovery_restart_s(preset, name, entry, devices),
     )
+
+
+def recovery_detect_s(preset: ClusterPreset, name: str, entry: Mapping) -> float:
+    """Detection seconds: the preset's, or the profile's measured value under ``detection: measured``."""
+    if preset.detection != "measured":
+        return preset.detect_s
+    return _measured(entry, "detect_s", name, "detection")
+
+
+def recovery_restart_s(preset: ClusterPreset, name: str, entry: Mapping, devices: int) -> float:
+    """Restart seconds: the preset's, or the profile's measured value under ``restart_policy: measured``."""
+    if preset.restart_policy != "measured":
+        return preset.restart_s(devices)
+    return _measured(entry, "restart_s", name, "restart_policy")
+
+
+def _measured(entry: Mapping, key: str, name: str, setting: str) -> float:
+    value = entry.get(key)
+    if not _is_number(value) or value < 0:
+        raise ValueError(
+            f"profile strategy {name!r} has no measured {key} (found {value!r}), which cluster {setting}=measured needs: "
+            "measure the profile with a kill fault, or choose another cluster setting"
+        )
+    return float(value)
 
 
 def choose_base_strategy(entries: Mapping[str, Mapping], preset: ClusterPreset, devices: int) -> str:
@@ -794,8 +824,8 @@ def model_strategy_costs(
     shared = dict(
         contention=contention,
         load_s=peer_copy_s,
-        detect_s=preset.detect_s,
-        restart_s=preset.restart_s(devices),
+        detect_s=recovery_detect_s(preset, base_name, base_entry),
+        restart_s=recovery_restart_s(preset, base_name, base_entry, devices),
         kind=kind,
         fallback_block_s=fallback.block_s,
         fallback_persist_s=fallback.persist_s,

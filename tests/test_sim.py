@@ -889,3 +889,40 @@ def test_simulator_never_imports_mlx():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
 
     assert result.returncode == 0, result.stderr
+
+
+def test_measured_detection_and_restart_come_from_profile():
+    import json
+    from pathlib import Path
+
+    from flashbench.sim import ClusterPreset, strategy_costs
+
+    profile = json.loads((Path(__file__).parent / "data" / "profile_example.json").read_text())
+    entry = profile["strategies"]["sync_raw"]
+    mapping = {**_paper_preset_mapping(), "detection": "measured", "restart_policy": "measured"}
+    costs = strategy_costs("sync_raw", entry, ClusterPreset.from_mapping(mapping), 4800)
+    assert costs.detect_s == entry["detect_s"]
+    assert costs.restart_s == entry["restart_s"]
+
+
+def test_measured_detection_needs_profile_value():
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from flashbench.sim import ClusterPreset, strategy_costs
+
+    profile = json.loads((Path(__file__).parent / "data" / "profile_example.json").read_text())
+    entry = {**profile["strategies"]["sync_raw"], "detect_s": None}
+    preset = ClusterPreset.from_mapping({**_paper_preset_mapping(), "detection": "measured"})
+    with pytest.raises(ValueError, match="no measured detect_s"):
+        strategy_costs("sync_raw", entry, preset, 4800)
+
+
+def _paper_preset_mapping() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "cluster" / "paper_4800.yaml").read_text())
