@@ -52,8 +52,9 @@ class Checkpointer:
     ``save(state, step)`` returns a ``SaveHandle``; ``restore()`` returns the newest
     committed step that verifies, falling back past corrupt ones with a warning.
 
-    NOTE: one job writes to a directory at a time. Two independent writers on one
-    directory are not detected; their cleanup and same-numbered saves can interfere.
+    One job writes to a directory at a time: on a filesystem, rank 0 holds an flock on
+    ``.writer.lock`` from its first save until ``close``, and a second writing process is
+    rejected. Object stores have no such lock.
 
     With several processes, every rank creates its own Checkpointer on the same
     directory with its ``rank`` and the ``world_size``, and every rank calls ``save``
@@ -92,6 +93,7 @@ class Checkpointer:
         self._base: persist.Base | None = None
         self._saves = 0
         self._closed = False
+        self._writer_lock: typing.Callable[[], None] | None = None
         self.records: list[SaveRecord | LoadRecord] = []
         if self.options.flush_on_sigterm:
             self._install_sigterm_flush()
@@ -106,6 +108,8 @@ class Checkpointer:
         metadata = _check_metadata(metadata)
         # Only rank 0 checks here: it may commit this very save before another rank gets
         # here. Every rank that writes checks again before writing (persist.write_step).
+        if self.rank == 0:
+            self._take_writer_lock()
         if self.rank == 0 and step in self._committed():
             raise CheckpointError(
                 f"step {step} is already committed in {self.storage.root}: committed steps are never overwritten; "
@@ -397,8 +401,28 @@ class Checkpointer:
         if self._closed:
             return
         self._closed = True
-        self._writer.close()
-        self._writer.raise_pending()
+        try:
+            self._writer.close()
+            self._writer.raise_pending()
+        finally:
+            self._release_writer_lock()
+
+    def _take_writer_lock(self) -> None:
+        """Hold the directory's writer lock from the first save, so a second writing job is rejected."""
+        if self._writer_lock is not None or not hasattr(self.storage, "lock_writer"):
+            return  # NOTE: object stores have no lock; one writing job per prefix is up to the caller
+        release = self.storage.lock_writer()
+        if release is None:
+            raise CheckpointError(
+                f"another process is saving into {self.storage.root} (it holds .writer.lock): "
+                "use one writing job per directory, or wait for the other to finish"
+            )
+        self._writer_lock = release
+
+    def _release_writer_lock(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock()
+            self._writer_lock = None
 
     def _check_open(self) -> None:
         if self._closed:

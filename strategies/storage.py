@@ -148,6 +148,31 @@ class LocalStorage:
         self._rename(manifest, manifest.with_name(f"{MANIFEST}.corrupt-{uuid.uuid4().hex[:8]}"))
         self.fsync_dir(directory)
 
+    def lock_writer(self) -> typing.Callable[[], None] | None:
+        """Take the directory's writer lock without waiting; return its release, or None if another process has it.
+
+        The lock is an flock on ``.writer.lock`` in the root; the kernel drops it when the
+        process exits, so a killed job never leaves it behind.
+        """
+        import fcntl
+
+        handle = open(self._root / ".writer.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+
+        def release() -> None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+        return release
+
     def fsync_dir(self, path: str) -> None:
         descriptor = os.open(self._path("" if path == "." else path), os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies import Checkpointer, CheckpointOptions
+from strategies import CheckpointError, Checkpointer, CheckpointOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,5 +199,33 @@ def test_committed_files_on_disk(tmp_path):
 
     save_steps(directory, [5])
 
-    assert sorted(os.listdir(directory)) == ["step_00000005"]
+    assert sorted(os.listdir(directory)) == [".writer.lock", "step_00000005"]
     assert sorted(os.listdir(directory / "step_00000005")) == ["manifest.json", "shard_00000.bin"]
+
+
+def test_second_writer_rejected(tmp_path):
+    directory = tmp_path / "ckpt"
+    script = (
+        "import sys, time, numpy as np\n"
+        "from strategies import Checkpointer\n"
+        "c = Checkpointer(sys.argv[1]); c.save({'w': np.zeros(4)}, 1)\n"
+        "print('saved', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(directory)], stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "saved"
+        second = Checkpointer(directory)
+        with pytest.raises(CheckpointError) as raised:
+            second.save(state_for(2), step=2)
+        assert "another process is saving" in str(raised.value)
+        assert second.steps() == [1]
+    finally:
+        holder.kill()
+        holder.wait()
+
+    third = Checkpointer(directory)  # the killed holder's lock went with its process
+    third.save(state_for(2), step=2)
+    assert third.steps() == [1, 2]

@@ -253,7 +253,7 @@ def test_keep_last_keeps_chain(tmp_path):
 
     reader = Checkpointer(directory)
     assert reader.steps() == [4, 5, 6]
-    assert sorted(path.name for path in directory.iterdir()) == [f"step_{step:08d}" for step in (4, 5, 6)]
+    assert sorted(path.name for path in directory.glob("step_*")) == [f"step_{step:08d}" for step in (4, 5, 6)]
     for step in reader.steps():
         assert leaf_bytes(reader.restore(step=step).state) == leaf_bytes(STATES[step]), f"step {step}"
 

@@ -78,6 +78,7 @@ def test_corrupt_newer_step_kept_with_verified(tmp_path):
     first_run = Checkpointer(directory)
     first_run.save(state_for(1), step=1)
     first_run.save(state_for(5), step=5)
+    first_run.close()  # a crashed run's writer lock is released by the kernel
     garble_manifest(directory, 5)
 
     resumed = Checkpointer(directory, CheckpointOptions(keep_last=1))
