@@ -96,7 +96,7 @@ class FaultSpec:
         return dataclasses.replace(self, at_step=random.Random(self.seed).randrange(1, max(steps, 2)))
 
     def child_part(self) -> dict:
-        """The settings a training process needs for the faults it injects itself."""
+        """Return the settings a training process needs for the faults it injects itself."""
         return dataclasses.asdict(self)
 
 

@@ -1,10 +1,10 @@
 """Runs training in a child process, injects a fault, restarts it and times the recovery.
 
-The child reports events as JSON lines (see ``flashbench.train``); every ``step``
-event is also its heartbeat. A ``kill`` fault sends SIGKILL once the child reports
-the chosen step; the supervisor sees the exit, starts a new child, which resumes from
-the newest committed checkpoint, and the recovery is split into detect, restart,
-load and recompute seconds.
+The child reports events as JSON lines (see ``flashbench.train``), and its
+``heartbeat`` and ``step`` events show it is alive. A ``kill`` fault sends SIGKILL once
+the child reports the chosen step. The supervisor detects the exit and starts a new
+child, which resumes from the newest committed checkpoint. The recovery is split into
+detect, restart, load and recompute seconds.
 """
 
 from __future__ import annotations
@@ -143,23 +143,23 @@ class Supervisor:
             "launched": launched, "events": [], "killed": False, "done": {}, "returncodes": {}, "attempt": attempt,
             "failure": None, "retryable": True, "saves": 0,
         }
-        heard = {rank: time.monotonic() for rank in range(len(children))}
+        last_heard = {rank: time.monotonic() for rank in range(len(children))}
         open_streams = len(children)
         while open_streams:
             try:
                 rank, line = lines.get(timeout=min(0.2, self.fault.hang_timeout_s / 4))
             except queue.Empty:
-                self._check_heartbeats(heard, children, outcome)
+                self._check_heartbeats(last_heard, children, outcome)
                 continue
             if line is None:
                 open_streams -= 1
                 self._on_exit(rank, children, outcome)
                 continue
-            heard[rank] = time.monotonic()
+            last_heard[rank] = time.monotonic()
             event = self._parse(line, attempt, rank)
             if event is None:
                 continue
-            self._check_heartbeats(heard, children, outcome)
+            self._check_heartbeats(last_heard, children, outcome)
             outcome["events"].append(event)
             if event["event"] != "heartbeat":
                 events.append(event)
@@ -195,12 +195,12 @@ class Supervisor:
                 done = corrupt_step(step_dir, fault.corruption, fault.seed)
                 logger.info("%s: killed the job and corrupted step %d: %s", self.label, event["step"], done)
 
-    def _check_heartbeats(self, heard: dict[int, float], children: list[subprocess.Popen], outcome: dict) -> None:
+    def _check_heartbeats(self, last_heard: dict[int, float], children: list[subprocess.Popen], outcome: dict) -> None:
         """Treat a rank whose heartbeat has been silent for hang_timeout_s as hung: stop the job."""
         if outcome["failure"]:
             return
         now = time.monotonic()
-        for rank, last in heard.items():
+        for rank, last in last_heard.items():
             if children[rank].poll() is None and now - last > self.fault.hang_timeout_s:
                 outcome["failure"] = f"hang: no heartbeat for {now - last:.1f} s"
                 outcome["failed_rank"], outcome["fault_t"], outcome["exit_t"] = rank, last, now
@@ -210,7 +210,7 @@ class Supervisor:
                 return
 
     def _on_exit(self, rank: int, children: list[subprocess.Popen], outcome: dict) -> None:
-        """A rank closed its output: once it failed, stop the others so the job can restart."""
+        """Record a rank's exit; after a failure, stop the other ranks so the job can restart."""
         code = children[rank].wait()
         outcome["returncodes"][rank] = code
         if code != 0 and "exit_t" not in outcome:

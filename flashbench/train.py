@@ -1,9 +1,10 @@
 """One training process: train the workload, checkpoint it, resume it after a crash.
 
 The supervisor starts ``python -m flashbench.train SPEC.json`` and reads one JSON event
-per line from its stdout: ``ready`` (model built), ``restored`` (a checkpoint loaded),
-``step`` (a step finished; this is also the heartbeat), ``save`` (a save committed),
-``load`` (the final timed restore), ``done`` (digest of the final state) and ``error``.
+per line from its stdout. The events are ``ready`` (model built), ``restored`` (a
+checkpoint loaded), ``step`` (a step finished), ``heartbeat`` (sent every
+``heartbeat_s``), ``save`` (a save committed), ``load`` (the final timed restore),
+``done`` (digest of the final state) and ``error``.
 On start it resumes from the newest committed checkpoint in its directory, if any.
 """
 
@@ -96,7 +97,7 @@ def state_digest(state) -> str:
 class Trainer:
     """The model, optimizer, RNG and data of one run, with a compiled train step.
 
-    With several processes, every rank holds the full replica, trains on its rows of
+    With several processes, every rank keeps the full replica, trains on its rows of
     the global batch and averages gradients with ``all_sum``. Every rank seeds the RNG
     alike, so one RNG key in the checkpoint restores them all.
     """

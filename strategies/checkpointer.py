@@ -414,7 +414,7 @@ class Checkpointer:
         release = self.storage.lock_writer()
         if release is None:
             raise CheckpointError(
-                f"another process is saving into {self.storage.root} (it holds .writer.lock): "
+                f"another process is saving into {self.storage.root} and has locked .writer.lock: "
                 "use one writing job per directory, or wait for the other to finish"
             )
         self._writer_lock = release

@@ -1,7 +1,7 @@
 """Layouts: which rank writes which bytes of which array.
 
 ``coordinator``: rank 0 writes every array into one shard; other ranks write nothing.
-It assumes rank 0 holds the full state, as every rank does in data-parallel training.
+It assumes rank 0 has the full state, as every rank does in data-parallel training.
 
 ``parallel``: every rank writes one shard holding an equal share of the state's bytes.
 The arrays are laid end to end and cut into ``world_size`` ranges at element

@@ -18,7 +18,7 @@ class Writer(str, enum.Enum):
 
 
 class Layout(str, enum.Enum):
-    """Which ranks write which bytes."""
+    """Assignment of the state's bytes to the ranks that write them."""
 
     COORDINATOR = "coordinator"  # rank 0 writes every array
     PARALLEL = "parallel"  # every rank writes an equal share of the bytes

@@ -151,7 +151,7 @@ class LocalStorage:
     def lock_writer(self) -> typing.Callable[[], None] | None:
         """Take the directory's writer lock without waiting; return its release, or None if another process has it.
 
-        The lock is an flock on ``.writer.lock`` in the root; the kernel drops it when the
+        The lock is an flock on ``.writer.lock`` in the root. The kernel drops it when the
         process exits, so a killed job never leaves it behind.
         """
         import fcntl

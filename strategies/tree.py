@@ -51,7 +51,7 @@ def flatten(state, *, copy: bool) -> tuple[object, list[HostArray]]:
     """Split ``state`` into a JSON structure and its leaves as host arrays.
 
     With ``copy`` every leaf is copied, so later updates of the live arrays cannot
-    change what is saved; without it leaves may share memory with the caller.
+    change what is saved. Without it, leaves may share memory with the caller.
     """
     leaves: list[HostArray] = []
     structure = _flatten(state, (), leaves, copy)
@@ -148,15 +148,15 @@ def _numpy_dtype(dtype: str, name: str) -> np.dtype:
         raise CorruptCheckpointError(f"array {name!r} has unknown dtype {dtype!r} in the manifest") from None
     if np_dtype.kind in "OUSV":  # the kinds _numpy_to_host never saves
         raise CorruptCheckpointError(
-            f"array {name!r} has dtype {dtype!r} in the manifest, which no checkpoint holds (object, text, bytes or structured)"
+            f"array {name!r} has dtype {dtype!r} in the manifest, which checkpoints never contain (object, text, bytes or structured)"
         )
     return np_dtype
 
 
 def to_target(array: np.ndarray, dtype: str, kind: str, target: str, name: str):
     """Return ``array`` as the type requested: ``auto`` (as saved), ``numpy`` or ``mlx``."""
-    wanted = kind if target == "auto" else target
-    if wanted == "numpy":
+    requested = kind if target == "auto" else target
+    if requested == "numpy":
         if dtype in _BITS_DTYPES:
             raise ConfigError(f"array {name!r} is {dtype}, which NumPy cannot hold: restore with target='mlx'")
         # A writable view (of a buffer read for this restore) is returned as it is; a

@@ -3,8 +3,8 @@
 A ``JournalingStorage`` records every change the checkpoint library makes to the
 filesystem (mkdir, file write, fsync, rename, directory fsync, removal) and cuts the
 power after a chosen number of them. ``durable_view`` replays the journal the way a
-POSIX filesystem may after a crash: a file keeps only the content it had at its last
-fsync (otherwise a torn prefix survives), and a name created, renamed or removed in a
+POSIX filesystem may after a crash. A file keeps only the content it had at its last
+fsync, or else a torn prefix survives. A name created, renamed or removed in a
 directory survives only if that directory was fsynced afterwards. Each trial then
 opens the surviving files and checks that the checkpoint restored is the newest one
 whose commit was durable, and that every committed step in them loads.
@@ -81,7 +81,7 @@ class _Replay:
     def __init__(self) -> None:
         self.next_id = 1
         self.kind = {0: "dir"}
-        self.entries: dict[int, dict[str, int]] = {0: {}}  # what the program sees
+        self.entries: dict[int, dict[str, int]] = {0: {}}  # as the running program observes them
         self.durable_entries: dict[int, dict[str, int]] = {0: {}}  # at each directory's last fsync
         self.data: dict[int, bytes] = {}
         self.synced: dict[int, bytes] = {}  # file content at its last fsync

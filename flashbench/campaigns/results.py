@@ -80,6 +80,8 @@ def update_readme(path: Path, name: str, section: str) -> None:
     header, sections = parts[0], parts[1:]
     heading = f"## {name}\n"
     found = any(part.startswith(heading) for part in sections)
-    sections = [section if part.startswith(heading) else part for part in sections] + ([] if found else [section])
+    sections = [section if part.startswith(heading) else part for part in sections]
+    if not found:
+        sections.append(section)
     body = "\n".join(part.rstrip("\n") + "\n" for part in sections)
     path.write_text(header.rstrip("\n") + "\n\n" + body)
